@@ -1,0 +1,107 @@
+"""The flat parameter store: every parameter a named view into one buffer, every gradient a
+view into another (as llm.c does), so that zeroing, the optimizer, the gradient allreduce and
+checkpoint writes are each one pass over one buffer."""
+import json
+import math
+import os
+import tempfile
+
+import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
+
+from engine.backend import to_numpy
+from engine.errors import UserError
+
+
+class ParameterStore:
+    def __init__(self, shapes, dtype=np.float32, xp=np):
+        """`shapes` is a list of (name, shape) pairs, in checkpoint order."""
+        self.shapes = dict(shapes)
+        if len(self.shapes) != len(shapes):
+            raise ValueError("parameter names must be unique")
+        self.dtype = np.dtype(dtype)
+        self.xp = xp
+        sizes = [math.prod(shape) for _, shape in shapes]
+        self.numel = sum(sizes)
+        self.data = xp.zeros(self.numel, dtype=dtype)
+        self.grad = xp.zeros(self.numel, dtype=dtype)
+        self.params, self.grads, self.offsets = {}, {}, {}
+        offset = 0
+        for (name, shape), size in zip(shapes, sizes):
+            self.offsets[name] = offset
+            self.params[name] = self.data[offset:offset + size].reshape(shape)
+            self.grads[name] = self.grad[offset:offset + size].reshape(shape)
+            offset += size
+
+    def names(self):
+        return list(self.shapes)
+
+    def zero_grad(self):
+        self.grad.fill(0)
+
+    def state_tensors(self, with_grads=False):
+        """Host copies of every parameter (and gradient, as grad.<name>) for a safetensors file."""
+        tensors = {name: to_numpy(p) for name, p in self.params.items()}
+        if with_grads:
+            tensors.update({f"grad.{name}": to_numpy(g) for name, g in self.grads.items()})
+        return tensors
+
+    def load_tensors(self, tensors, source):
+        """Copy parameters in from a {name: array} dict, refusing any mismatch in names or shapes."""
+        for name, shape in self.shapes.items():
+            if name not in tensors:
+                raise UserError(f"{source} has no tensor {name!r}: it was written for a different model")
+            if tuple(tensors[name].shape) != tuple(shape):
+                raise UserError(f"{source} holds {name!r} with shape {tuple(tensors[name].shape)}, "
+                                f"but this model's is {tuple(shape)}: it was written for a different config")
+        for name in self.shapes:
+            self.params[name][...] = self.xp.asarray(tensors[name], dtype=self.dtype)
+
+
+def write_safetensors(path, tensors, metadata):
+    """Write atomically: a temporary file in the same folder, fsync, then rename over `path`,
+    so a crash mid-write never leaves a half-written file where a good one was."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tensors = {name: np.ascontiguousarray(t) for name, t in tensors.items()}
+    text_metadata = {key: value if isinstance(value, str) else json.dumps(value)
+                     for key, value in metadata.items()}
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".safetensors")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=text_metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def read_safetensors(path):
+    """(tensors, metadata) from a safetensors file; a missing, truncated or corrupt file is a UserError.
+    Metadata values that hold JSON come back decoded."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise UserError(f"no such file: {path}")
+    try:
+        with safe_open(path, framework="numpy") as f:
+            raw_metadata = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"{path} is not a readable safetensors file ({reason})") from None
+    metadata = {}
+    for key, value in raw_metadata.items():
+        try:
+            metadata[key] = json.loads(value)
+        except json.JSONDecodeError:
+            metadata[key] = value
+    return tensors, metadata

@@ -1,0 +1,26 @@
+"""The pre-LN transformer block: x1 = x + Attn(LN1(x)); y = x1 + FFN(LN2(x1)).
+
+Derivation: a residual sum passes its gradient unchanged down both paths, so
+  dx1 = dy + LN2ᵀ(FFNᵀ(dy)),  dx = dx1 + LN1ᵀ(Attnᵀ(dx1)),
+where Fᵀ(g) is layer F's backward applied to g.
+"""
+from layers.attention import CausalSelfAttention
+from layers.ffn import FFN
+from layers.layernorm import LayerNorm
+
+
+class Block:
+    def __init__(self, store, name, n_head):
+        self.name = name
+        self.ln1 = LayerNorm(store, f"{name}.ln1")
+        self.attn = CausalSelfAttention(store, f"{name}.attn", n_head)
+        self.ln2 = LayerNorm(store, f"{name}.ln2")
+        self.ffn = FFN(store, f"{name}.ffn")
+
+    def forward(self, x):
+        x = x + self.attn.forward(self.ln1.forward(x))
+        return x + self.ffn.forward(self.ln2.forward(x))
+
+    def backward(self, dy):
+        dx1 = dy + self.ln2.backward(self.ffn.backward(dy))
+        return dx1 + self.ln1.backward(self.attn.backward(dx1))

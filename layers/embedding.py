@@ -1,0 +1,68 @@
+"""The token embedding, scaled by √d (x = √d · E[idx]), and its tied use as the output head
+(logits = h Eᵀ). One matrix E (V, d), two uses, so E's gradient is the sum of both.
+
+Derivation: the lookup copies row idx[n] of E, so dE[v] = √d · Σ_{n: idx[n] = v} dy[n]
+(a scatter-add: a token seen twice gets both gradients). The head is a linear map with Eᵀ:
+dh = dlogits E and dE = dlogitsᵀ h (rows flattened).
+"""
+import math
+
+from engine.backend import array_module
+
+
+def embedding_forward(idx, w, scale):
+    return scale * w[idx], (idx, w.shape, scale)
+
+
+def embedding_backward(dy, cache):
+    idx, shape, scale = cache
+    xp = array_module(dy)
+    dw = xp.zeros(shape, dtype=dy.dtype)
+    xp.add.at(dw, idx.ravel(), scale * dy.reshape(-1, shape[1]))
+    return dw
+
+
+def tied_head_forward(h, w):
+    return h @ w.T, (h, w)
+
+
+def tied_head_backward(dlogits, cache):
+    h, w = cache
+    dh = dlogits @ w
+    dw = dlogits.reshape(-1, w.shape[0]).T @ h.reshape(-1, w.shape[1])
+    return dh, dw
+
+
+class TokenEmbedding:
+    def __init__(self, store, name):
+        self.name = name
+        self.weight = store.params[f"{name}.weight"]
+        self.weight_grad = store.grads[f"{name}.weight"]
+        # "Attention Is All You Need" §3.4: without √d the N(0, 0.02) rows sit far under the
+        # unit-size sinusoids added next (DESIGN.md measures what that costs).
+        self.scale = math.sqrt(self.weight.shape[1])
+
+    def forward(self, idx):
+        y, self.cache = embedding_forward(idx, self.weight, self.scale)
+        return y
+
+    def backward(self, dy):
+        self.weight_grad += embedding_backward(dy, self.cache)
+
+
+class TiedHead:
+    """The output head, sharing TokenEmbedding's unscaled matrix and its gradient buffer."""
+
+    def __init__(self, embedding, name="head"):
+        self.name = name
+        self.weight = embedding.weight
+        self.weight_grad = embedding.weight_grad
+
+    def forward(self, h):
+        logits, self.cache = tied_head_forward(h, self.weight)
+        return logits
+
+    def backward(self, dlogits):
+        dh, dw = tied_head_backward(dlogits, self.cache)
+        self.weight_grad += dw
+        return dh

@@ -1,0 +1,84 @@
+"""The nano2 decoder: √d · E[idx] + sinusoidal positions, L pre-LN blocks, a final LayerNorm,
+and logits through the embedding's own matrix (the tied head); mean cross-entropy on top.
+
+Backward runs the same layers in reverse. The only join is E: the head's gradient and the
+embedding's both add into one buffer, which is what tying means for the gradient.
+"""
+import math
+
+import numpy as np
+
+from engine.params import ParameterStore
+from layers.block import Block
+from layers.embedding import TiedHead, TokenEmbedding
+from layers.layernorm import LayerNorm
+from layers.positions import SinusoidalPositions
+from layers.xent import CrossEntropy
+
+
+def parameter_shapes(vocab_size, d_model, n_layer, d_ff):
+    """(name, shape) of every parameter, in checkpoint order (DESIGN.md's table)."""
+    d = d_model
+    shapes = [("tok_emb.weight", (vocab_size, d))]
+    for i in range(n_layer):
+        p = f"blocks.{i}"
+        shapes += [
+            (f"{p}.ln1.weight", (d,)), (f"{p}.ln1.bias", (d,)),
+            (f"{p}.attn.qkv.weight", (d, 3 * d)), (f"{p}.attn.qkv.bias", (3 * d,)),
+            (f"{p}.attn.proj.weight", (d, d)), (f"{p}.attn.proj.bias", (d,)),
+            (f"{p}.ln2.weight", (d,)), (f"{p}.ln2.bias", (d,)),
+            (f"{p}.ffn.fc.weight", (d, d_ff)), (f"{p}.ffn.fc.bias", (d_ff,)),
+            (f"{p}.ffn.proj.weight", (d_ff, d)), (f"{p}.ffn.proj.bias", (d,)),
+        ]
+    shapes += [("ln_f.weight", (d,)), ("ln_f.bias", (d,))]
+    return shapes
+
+
+def init_parameters(store, n_layer, seed):
+    """GPT-2's init: weights N(0, 0.02), the residual output projections N(0, 0.02/√(2L)) so the
+    residual stream's variance does not grow with depth, biases 0, LayerNorm weights 1.
+    Drawn in float64 on the host from `seed`, so every dtype and device starts from the same model."""
+    rng = np.random.default_rng(seed)
+    for name, shape in store.shapes.items():
+        if name.endswith("ln1.weight") or name.endswith("ln2.weight") or name == "ln_f.weight":
+            value = np.ones(shape)
+        elif name.endswith(".bias"):
+            value = np.zeros(shape)
+        elif name.endswith("attn.proj.weight") or name.endswith("ffn.proj.weight"):
+            value = rng.normal(0.0, 0.02 / math.sqrt(2 * n_layer), shape)
+        else:
+            value = rng.normal(0.0, 0.02, shape)
+        store.params[name][...] = store.xp.asarray(value, dtype=store.dtype)
+
+
+class Decoder:
+    def __init__(self, vocab_size, d_model, n_layer, n_head, d_ff, seq_len,
+                 dtype=np.float32, xp=np, store=None):
+        self.vocab_size, self.d_model, self.n_layer = vocab_size, d_model, n_layer
+        self.n_head, self.d_ff, self.seq_len = n_head, d_ff, seq_len
+        self.xp = xp
+        self.store = store or ParameterStore(parameter_shapes(vocab_size, d_model, n_layer, d_ff), dtype, xp)
+        self.embedding = TokenEmbedding(self.store, "tok_emb")
+        self.positions = SinusoidalPositions(seq_len, d_model, self.store.dtype, xp)
+        self.blocks = [Block(self.store, f"blocks.{i}", n_head) for i in range(n_layer)]
+        self.ln_f = LayerNorm(self.store, "ln_f")
+        self.head = TiedHead(self.embedding)
+        self.xent = CrossEntropy()
+
+    def forward(self, idx, targets=None):
+        """Logits (B, T, V), and the mean loss when targets are given (else None)."""
+        if idx.shape[1] > self.seq_len:
+            raise ValueError(f"sequence of {idx.shape[1]} tokens is longer than seq_len {self.seq_len}")
+        x = self.positions.forward(self.embedding.forward(idx))
+        for block in self.blocks:
+            x = block.forward(x)
+        logits = self.head.forward(self.ln_f.forward(x))
+        loss = None if targets is None else self.xent.forward(logits, targets)
+        return logits, loss
+
+    def backward(self):
+        """Add d loss / d parameter into the store's gradient buffer (call forward with targets first)."""
+        dx = self.ln_f.backward(self.head.backward(self.xent.backward()))
+        for block in reversed(self.blocks):
+            dx = block.backward(dx)
+        self.embedding.backward(self.positions.backward(dx))

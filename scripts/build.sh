@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Create .venv if it is missing and install nano2 into it (editable, with the test tools).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e ".[test]"
+# The stamp lets test.sh and run_local.sh skip this step until pyproject.toml changes.
+touch .venv/.nano2-built
+echo "nano2 installed in $(pwd)/.venv"

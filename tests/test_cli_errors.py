@@ -1,0 +1,102 @@
+"""Bad configs and bad flags end with one clear line on stderr and exit status 2."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from train import debug, gradcheck
+from train.cli import run_main
+from train.config import load_config
+
+
+def run(main, argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(lambda: main(argv), "nano2_test")
+    err = capsys.readouterr().err
+    return exit_info.value.code, err
+
+
+def write_config(tmp_path, values):
+    path = tmp_path / "c.json"
+    path.write_text(values if isinstance(values, str) else json.dumps(values))
+    return str(path)
+
+
+BAD_CONFIGS = {
+    "unknown key": ({"d_model": 64, "n_layers": 2}, "unknown config key 'n_layers'"),
+    "wrong type": ({"d_model": "big"}, "d_model must be an integer"),
+    "float for an int": ({"n_head": 2.5}, "n_head must be an integer"),
+    "bool for an int": ({"n_layer": True}, "n_layer must be an integer"),
+    "heads do not divide": ({"d_model": 100, "n_head": 3}, "d_model (100) must be divisible by n_head (3)"),
+    "zero size": ({"d_ff": 0}, "d_ff must be positive"),
+    "negative size": ({"seq_len": -4}, "seq_len must be positive"),
+    "bad dtype": ({"dtype": "float16"}, "dtype must be one of"),
+    "bad device": ({"device": "tpu"}, "device must be one of"),
+    "not json": ("{d_model: 64", "is not valid JSON"),
+    "not an object": ("[1, 2]", "must hold a JSON object"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CONFIGS))
+def test_bad_config_files(case, tmp_path, capsys):
+    values, message = BAD_CONFIGS[case]
+    code, err = run(gradcheck.main, ["--config", write_config(tmp_path, values)], capsys)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+
+
+BAD_FLAGS = {
+    "missing config file": (["--config", "no/such.json"], "config file not found"),
+    "unknown override": (["--bogus=3"], "unknown option or config key --bogus"),
+    "override of wrong type": (["--n_layer=two"], "n_layer must be an integer"),
+    "override that breaks validation": (["--n_head=3"], "must be divisible by n_head"),
+    "override without value": (["--d_model"], "--d_model needs a value"),
+    "stray word": (["hello"], "unrecognised argument 'hello'"),
+    "command flag of wrong type": (["--samples", "many"], "invalid int value"),
+    "bad choice": (["--dtype", "int8"], "invalid choice"),
+    "non-positive batch": (["--batch-size", "0"], "--batch-size must be positive"),
+    "gpu before the GPU backend exists": (["--device=gpu"], "GPU backend is not available"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FLAGS))
+def test_bad_flags(case, capsys):
+    argv, message = BAD_FLAGS[case]
+    code, err = run(gradcheck.main, argv, capsys)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "required: command"),
+    (["state"], "required: --out"),
+    (["state", "--out", "x.safetensors", "--seq-len", "0"], "seq_len must be positive"),
+    (["explode"], "invalid choice"),
+])
+def test_bad_debug_flags(argv, message, capsys):
+    code, err = run(debug.main, argv, capsys)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_overrides_apply_in_both_spellings():
+    cfg = load_config("configs/tiny.json", ["--d_model=64", "--n-head", "2", "--dtype=float64"])
+    assert (cfg.d_model, cfg.n_head, cfg.dtype, cfg.n_layer) == (64, 2, "float64", 4)
+
+
+def test_shipped_configs_load():
+    sizes = {"tiny": (128, 4, 4, 512, 128), "nano2": (384, 6, 6, 1536, 256),
+             "gpt2-small": (768, 12, 12, 3072, 1024)}
+    for name, expected in sizes.items():
+        cfg = load_config(f"configs/{name}.json")
+        assert (cfg.d_model, cfg.n_layer, cfg.n_head, cfg.d_ff, cfg.seq_len) == expected
+
+
+def test_console_script_exits_2_with_one_line():
+    result = subprocess.run([sys.executable, "-c", "from train.gradcheck import entry; entry()",
+                             "--config", "configs/tiny.json", "--n_head=5"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("nano2_gradcheck: error: config: d_model (128) must be "
+                                     "divisible by n_head (5)")

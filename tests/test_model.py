@@ -1,0 +1,100 @@
+"""The whole decoder: every parameter entry against central differences on a small model,
+the gradcheck tool on configs/tiny.json, and float32 against float64."""
+import math
+
+import numpy as np
+import pytest
+from helpers import assert_grad_close, relative_error
+
+from layers.model import Decoder, init_parameters
+from train import gradcheck
+from train.gradcheck import random_batch
+
+SMALL = dict(vocab_size=11, d_model=8, n_layer=2, n_head=2, d_ff=12, seq_len=6)
+
+
+def small_model(dtype=np.float64, seed=0):
+    model = Decoder(**SMALL, dtype=dtype)
+    init_parameters(model.store, SMALL["n_layer"], seed)
+    # Larger than the N(0, 0.02) init, so every path carries a gradient well above rounding.
+    model.store.data[...] += np.random.default_rng(seed).normal(0, 0.3, model.store.numel).astype(dtype)
+    return model
+
+
+def test_every_parameter_entry_matches_central_differences():
+    model = small_model()
+    idx, targets = random_batch(np.random.default_rng(1), 3, 6, SMALL["vocab_size"])
+    model.forward(idx, targets)
+    model.backward()
+    loss = lambda: model.forward(idx, targets)[1]
+    for name in model.store.shapes:
+        assert_grad_close(model.store.grads[name].copy(), loss, model.store.params[name], name)
+
+
+def test_tied_embedding_gets_gradient_from_the_head_too():
+    model = small_model()
+    idx = np.zeros((1, 4), dtype=np.int64)  # only token 0 is looked up
+    targets = np.ones((1, 4), dtype=np.int64)
+    model.forward(idx, targets)
+    model.backward()
+    row_grad_norms = np.linalg.norm(model.store.grads["tok_emb.weight"], axis=1)
+    assert np.all(row_grad_norms[1:] > 0), "rows never looked up still feed the head's logits"
+
+
+def test_gradcheck_tool_passes_on_tiny_config(capsys):
+    assert gradcheck.main(["--config", "configs/tiny.json"]) == 0
+    out = capsys.readouterr().out
+    assert "51/51 tensors within 1e-06" in out
+    assert "blocks.3.ffn.proj.weight" in out
+
+
+def test_gradcheck_tool_fails_on_a_wrong_backward(monkeypatch, capsys):
+    import layers.layernorm as layernorm
+    correct = layernorm.layernorm_backward
+
+    def forgets_the_mean_term(dy, cache):
+        dx, dw, db = correct(dy, cache)
+        xhat, rstd, w = cache
+        return dx + rstd * (dy * w).mean(axis=-1, keepdims=True), dw, db
+
+    monkeypatch.setattr(layernorm, "layernorm_backward", forgets_the_mean_term)
+    assert gradcheck.main(["--config", "configs/tiny.json", "--samples", "3"]) == 1
+    assert "FAIL" in capsys.readouterr().out
+
+
+def test_float32_agrees_with_float64():
+    idx, targets = random_batch(np.random.default_rng(2), 2, 6, SMALL["vocab_size"])
+    model64 = small_model(np.float64)
+    model32 = Decoder(**SMALL, dtype=np.float32)
+    model32.store.data[...] = model64.store.data
+    losses = {}
+    for model in (model32, model64):
+        _, loss = model.forward(idx, targets)
+        model.backward()
+        assert loss.dtype == model.store.grad.dtype == model.store.dtype
+        losses[model.store.dtype.name] = float(loss)
+    assert losses["float32"] == pytest.approx(losses["float64"], rel=1e-4)
+    for name in model64.store.shapes:
+        err = relative_error(model32.store.grads[name].astype(np.float64), model64.store.grads[name])
+        assert err <= 1e-4, f"{name}: float32 gradient off by {err:.2e}"
+
+
+def test_init_follows_the_design():
+    model = Decoder(256, 64, 4, 4, 256, 32, dtype=np.float64)
+    init_parameters(model.store, 4, seed=3)
+    p = model.store.params
+    assert p["tok_emb.weight"].std() == pytest.approx(0.02, rel=0.05)
+    assert p["blocks.0.attn.qkv.weight"].std() == pytest.approx(0.02, rel=0.05)
+    residual_std = 0.02 / math.sqrt(2 * 4)
+    assert p["blocks.1.attn.proj.weight"].std() == pytest.approx(residual_std, rel=0.05)
+    assert p["blocks.2.ffn.proj.weight"].std() == pytest.approx(residual_std, rel=0.05)
+    assert np.all(p["ln_f.weight"] == 1) and np.all(p["blocks.0.ln2.bias"] == 0)
+    assert np.all(p["blocks.3.ffn.fc.bias"] == 0)
+
+
+def test_initial_loss_is_near_uniform():
+    model = Decoder(256, 64, 2, 2, 128, 32)
+    init_parameters(model.store, 2, seed=0)
+    idx, targets = random_batch(np.random.default_rng(0), 4, 32, 256)
+    _, loss = model.forward(idx, targets)
+    assert float(loss) == pytest.approx(math.log(256), rel=0.05)

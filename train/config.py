@@ -1,0 +1,114 @@
+"""Run configuration: a JSON file of known keys, then `--key=value` overrides, then validation.
+
+Every mistake (an unknown key, a wrong type, sizes that cannot work) is a UserError, which the
+command-line tools print as one line before exiting with status 2.
+"""
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+
+from engine.backend import DEVICES, DTYPES, get_array_module, resolve_dtype
+from engine.errors import UserError
+from layers.model import Decoder, init_parameters
+
+
+@dataclass
+class Config:
+    # model
+    vocab_size: int = 256
+    d_model: int = 128
+    n_layer: int = 4
+    n_head: int = 4
+    d_ff: int = 512
+    seq_len: int = 128
+    # run
+    batch_size: int = 8
+    seed: int = 1337
+    dtype: str = "float32"
+    device: str = "cpu"
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Config)}
+POSITIVE = ("vocab_size", "d_model", "n_layer", "n_head", "d_ff", "seq_len", "batch_size")
+
+
+def typed_value(key, value, source):
+    """`value` as the type of config key `key`, or a UserError naming where it came from."""
+    kind = FIELD_TYPES[key]
+    type_name = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[kind]
+    if isinstance(value, str) and kind is not str:  # from the command line
+        text = value.strip().lower()
+        try:
+            if kind is bool:
+                value = {"true": True, "1": True, "false": False, "0": False}[text]
+            else:
+                value = kind(text)
+        except (KeyError, ValueError):
+            raise UserError(f"{source}: {key} must be {type_name}, got {value!r}") from None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise UserError(f"{source}: {key} must be {type_name}, got {json.dumps(value)}")
+    return value
+
+
+def validate(cfg):
+    for key in POSITIVE:
+        if getattr(cfg, key) <= 0:
+            raise UserError(f"config: {key} must be positive, got {getattr(cfg, key)}")
+    if cfg.d_model % cfg.n_head != 0:
+        raise UserError(f"config: d_model ({cfg.d_model}) must be divisible by n_head ({cfg.n_head})")
+    if cfg.dtype not in DTYPES:
+        raise UserError(f"config: dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
+    if cfg.device not in DEVICES:
+        raise UserError(f"config: device must be one of {', '.join(DEVICES)}, got {cfg.device!r}")
+
+
+def load_config(path=None, overrides=()):
+    """The Config from JSON file `path` (or the defaults), with overrides applied: command-line
+    words of the form `--key=value` or `--key value` (dashes in keys read as underscores)."""
+    values = {}
+    if path is not None:
+        if not os.path.isfile(path):
+            raise UserError(f"config file not found: {path}")
+        try:
+            with open(path, encoding="utf-8") as f:
+                values = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"{path} is not valid JSON: {e}") from None
+        if not isinstance(values, dict):
+            raise UserError(f"{path} must hold a JSON object of config keys")
+        for key, value in values.items():
+            if key not in FIELD_TYPES:
+                raise UserError(f"{path}: unknown config key {key!r} (known: {', '.join(FIELD_TYPES)})")
+            values[key] = typed_value(key, value, path)
+    items = list(overrides)
+    while items:
+        item = items.pop(0)
+        if not item.startswith("--") or item == "--":
+            raise UserError(f"unrecognised argument {item!r}; config overrides look like --key=value")
+        key, has_value, value = item[2:].partition("=")
+        key = key.replace("-", "_")
+        if key not in FIELD_TYPES:
+            raise UserError(f"unknown option or config key --{key} (config keys: {', '.join(FIELD_TYPES)})")
+        if not has_value:
+            if not items or items[0].startswith("--"):
+                raise UserError(f"--{key} needs a value")
+            value = items.pop(0)
+        values[key] = typed_value(key, value, f"--{key}")
+    cfg = Config(**values)
+    validate(cfg)
+    return cfg
+
+
+def build_model(cfg, dtype=None):
+    """A Decoder of cfg's shape on cfg's device, its parameters initialised from cfg.seed."""
+    dtype_name = dtype or cfg.dtype
+    model = Decoder(cfg.vocab_size, cfg.d_model, cfg.n_layer, cfg.n_head, cfg.d_ff, cfg.seq_len,
+                    dtype=resolve_dtype(dtype_name), xp=get_array_module(cfg.device))
+    init_parameters(model.store, cfg.n_layer, cfg.seed)
+    return model
