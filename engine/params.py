@@ -65,7 +65,7 @@ def write_safetensors(path, tensors, metadata):
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    tensors = {name: np.ascontiguousarray(t) for name, t in tensors.items()}
+    tensors = {name: np.ascontiguousarray(to_numpy(t)) for name, t in tensors.items()}
     text_metadata = {key: value if isinstance(value, str) else json.dumps(value)
                      for key, value in metadata.items()}
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".safetensors")

@@ -21,6 +21,10 @@ class Block:
         x = x + self.attn.forward(self.ln1.forward(x))
         return x + self.ffn.forward(self.ln2.forward(x))
 
+    def forward_cached(self, x, kv_cache, start):
+        x = x + self.attn.forward_cached(self.ln1.forward(x), kv_cache, start)
+        return x + self.ffn.forward(self.ln2.forward(x))
+
     def backward(self, dy):
         dx1 = dy + self.ln2.backward(self.ffn.backward(dy))
         return dx1 + self.ln1.backward(self.attn.backward(dx1))

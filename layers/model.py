@@ -76,9 +76,26 @@ class Decoder:
         loss = None if targets is None else self.xent.forward(logits, targets)
         return logits, loss
 
-    def backward(self):
-        """Add d loss / d parameter into the store's gradient buffer (call forward with targets first)."""
-        dx = self.ln_f.backward(self.head.backward(self.xent.backward()))
+    def new_kv_cache(self, batch_size):
+        """Per block, room for the keys and values of seq_len positions (for forward_cached)."""
+        shape = (batch_size, self.n_head, self.seq_len, self.d_model // self.n_head)
+        return [{"k": self.xp.zeros(shape, self.store.dtype), "v": self.xp.zeros(shape, self.store.dtype)}
+                for _ in self.blocks]
+
+    def forward_cached(self, idx, kv_cache, start):
+        """Inference: logits for tokens at positions start.., reusing the keys and values of the
+        earlier positions in kv_cache, so generating a token costs one position, not all of them."""
+        if start + idx.shape[1] > self.seq_len:
+            raise ValueError(f"positions up to {start + idx.shape[1]} exceed seq_len {self.seq_len}")
+        x = self.positions.forward(self.embedding.forward(idx), start)
+        for block, block_cache in zip(self.blocks, kv_cache):
+            x = block.forward_cached(x, block_cache, start)
+        return self.head.forward(self.ln_f.forward(x))
+
+    def backward(self, dloss=1.0):
+        """Add dloss · d loss / d parameter into the store's gradient buffer (call forward with
+        targets first); dloss = 1/k averages the gradients of k accumulated micro-batches."""
+        dx = self.ln_f.backward(self.head.backward(self.xent.backward(dloss)))
         for block in reversed(self.blocks):
             dx = block.backward(dx)
         self.embedding.backward(self.positions.backward(dx))

@@ -27,13 +27,44 @@ class Config:
     seed: int = 1337
     dtype: str = "float32"
     device: str = "cpu"
+    # data (train/data.py)
+    data: str = "stories"
+    tokenizer: str = "byte"
+    data_dir: str = ""            # "" means data/<source>-<tokenizer>
+    num_stories: int = 20000      # how many built-in stories to generate
+    val_fraction: float = 0.05    # held out when a source has no validation split
+    # optimisation
+    max_steps: int = 2000
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0        # largest global gradient norm; 0 turns clipping off
+    tokens_per_step: int = 0      # 0 means batch_size * seq_len * ranks (no accumulation)
+    # bookkeeping
+    out_dir: str = "runs/nano2"
+    eval_interval: int = 200
+    eval_iters: int = 20
+    log_interval: int = 10
+    keep_checkpoints: int = 3     # the last k, besides the best
+    wandb: bool = False
+    wandb_project: str = "nano2"
+    wandb_mode: str = "offline"
 
     def to_dict(self):
         return dataclasses.asdict(self)
 
 
 FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Config)}
-POSITIVE = ("vocab_size", "d_model", "n_layer", "n_head", "d_ff", "seq_len", "batch_size")
+POSITIVE = ("vocab_size", "d_model", "n_layer", "n_head", "d_ff", "seq_len", "batch_size", "num_stories",
+            "max_steps", "lr", "eval_interval", "eval_iters", "log_interval", "keep_checkpoints")
+NON_NEGATIVE = ("min_lr", "warmup_steps", "weight_decay", "adam_eps", "grad_clip", "tokens_per_step")
+CHOICES = {"dtype": tuple(DTYPES), "device": DEVICES, "tokenizer": ("byte", "gpt2"),
+           "wandb_mode": ("offline", "online", "disabled")}
+TOKENIZER_VOCAB = {"byte": 256, "gpt2": 50257}
 
 
 def typed_value(key, value, source):
@@ -60,12 +91,42 @@ def validate(cfg):
     for key in POSITIVE:
         if getattr(cfg, key) <= 0:
             raise UserError(f"config: {key} must be positive, got {getattr(cfg, key)}")
+    for key in NON_NEGATIVE:
+        if getattr(cfg, key) < 0:
+            raise UserError(f"config: {key} must not be negative, got {getattr(cfg, key)}")
+    for key, choices in CHOICES.items():
+        if getattr(cfg, key) not in choices:
+            raise UserError(f"config: {key} must be one of {', '.join(choices)}, got {getattr(cfg, key)!r}")
     if cfg.d_model % cfg.n_head != 0:
         raise UserError(f"config: d_model ({cfg.d_model}) must be divisible by n_head ({cfg.n_head})")
-    if cfg.dtype not in DTYPES:
-        raise UserError(f"config: dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
-    if cfg.device not in DEVICES:
-        raise UserError(f"config: device must be one of {', '.join(DEVICES)}, got {cfg.device!r}")
+    if not 0 < cfg.val_fraction < 1:
+        raise UserError(f"config: val_fraction must be between 0 and 1, got {cfg.val_fraction}")
+    for key in ("beta1", "beta2"):
+        if not 0 <= getattr(cfg, key) < 1:
+            raise UserError(f"config: {key} must be in [0, 1), got {getattr(cfg, key)}")
+    if cfg.min_lr > cfg.lr:
+        raise UserError(f"config: min_lr ({cfg.min_lr}) must not exceed lr ({cfg.lr})")
+    if cfg.vocab_size < TOKENIZER_VOCAB[cfg.tokenizer]:
+        raise UserError(f"config: vocab_size {cfg.vocab_size} is smaller than the {cfg.tokenizer} "
+                        f"tokenizer's {TOKENIZER_VOCAB[cfg.tokenizer]}")
+
+
+def checked_values(values, source):
+    """A dict of config values read from `source`, each key known and of its key's type."""
+    if not isinstance(values, dict):
+        raise UserError(f"{source} must hold a JSON object of config keys")
+    for key, value in values.items():
+        if key not in FIELD_TYPES:
+            raise UserError(f"{source}: unknown config key {key!r} (known: {', '.join(FIELD_TYPES)})")
+        values[key] = typed_value(key, value, source)
+    return values
+
+
+def config_from_dict(values, source):
+    """The Config saved in a checkpoint's metadata (as Config.to_dict wrote it)."""
+    cfg = Config(**checked_values(dict(values), source))
+    validate(cfg)
+    return cfg
 
 
 def load_config(path=None, overrides=()):
@@ -80,12 +141,7 @@ def load_config(path=None, overrides=()):
                 values = json.load(f)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise UserError(f"{path} is not valid JSON: {e}") from None
-        if not isinstance(values, dict):
-            raise UserError(f"{path} must hold a JSON object of config keys")
-        for key, value in values.items():
-            if key not in FIELD_TYPES:
-                raise UserError(f"{path}: unknown config key {key!r} (known: {', '.join(FIELD_TYPES)})")
-            values[key] = typed_value(key, value, path)
+        values = checked_values(values, path)
     items = list(overrides)
     while items:
         item = items.pop(0)

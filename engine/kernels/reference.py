@@ -64,3 +64,18 @@ def softmax_xent_backward(dlosses, logits, lse, targets):
     dlogits = np.exp(logits - lse[:, None])
     dlogits[np.arange(len(targets)), targets] -= 1.0
     return dlogits * dlosses[:, None]
+
+
+def adamw_step(param, grad, m, v, decay, lr, beta1, beta2, eps, weight_decay, step):
+    """One AdamW update in place (Loshchilov & Hutter; PyTorch's order of operations).
+
+    Weight decay is decoupled: it shrinks the parameter itself, only where `decay` is set,
+    before the Adam step  p -= lr · m̂ / (√v̂ + eps)  with bias-corrected moments.
+    """
+    m *= beta1
+    m += (1 - beta1) * grad
+    v *= beta2
+    v += (1 - beta2) * grad * grad
+    param *= np.where(decay, 1 - lr * weight_decay, 1.0).astype(param.dtype)
+    denom = np.sqrt(v) / math.sqrt(1 - beta2 ** step) + eps
+    param -= (lr / (1 - beta1 ** step)) * m / denom

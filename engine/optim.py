@@ -1,0 +1,62 @@
+"""AdamW over the flat buffers, and clipping by the global gradient norm.
+
+The moments are two more flat buffers beside the parameters, so the update is one pass
+over four arrays. Weight decay applies to matrices and the embedding only (every tensor of
+two or more dimensions), never to LayerNorm weights or biases, as in nanoGPT and GPT-2.
+"""
+import numpy as np
+
+from engine import kernels
+
+
+class AdamW:
+    def __init__(self, store, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1):
+        self.store = store
+        self.beta1, self.beta2, self.eps, self.weight_decay = beta1, beta2, eps, weight_decay
+        xp = store.xp
+        self.m = xp.zeros_like(store.data)
+        self.v = xp.zeros_like(store.data)
+        self.decay = xp.zeros(store.numel, dtype=np.uint8)
+        for name, shape in store.shapes.items():
+            if len(shape) >= 2:
+                start = store.offsets[name]
+                self.decay[start:start + int(np.prod(shape))] = 1
+        self.step_count = 0
+
+    def step(self, lr):
+        self.step_count += 1
+        kernels.adamw_step(self.store.data, self.store.grad, self.m, self.v, self.decay, lr,
+                           self.beta1, self.beta2, self.eps, self.weight_decay, self.step_count)
+
+    def state_tensors(self):
+        """The moments as safetensors entries, under adam_m.<name> / adam_v.<name>."""
+        tensors = {}
+        for name, shape in self.store.shapes.items():
+            start, size = self.store.offsets[name], int(np.prod(shape))
+            tensors[f"adam_m.{name}"] = self.m[start:start + size].reshape(shape)
+            tensors[f"adam_v.{name}"] = self.v[start:start + size].reshape(shape)
+        return tensors
+
+    def load_state_tensors(self, tensors, step_count):
+        for name, shape in self.store.shapes.items():
+            start, size = self.store.offsets[name], int(np.prod(shape))
+            self.m[start:start + size] = self.store.xp.asarray(tensors[f"adam_m.{name}"]).ravel()
+            self.v[start:start + size] = self.store.xp.asarray(tensors[f"adam_v.{name}"]).ravel()
+        self.step_count = step_count
+
+
+def grad_norm(store):
+    """The global L2 norm of every gradient, accumulated in float64."""
+    g = store.grad
+    return float(store.xp.sqrt(store.xp.dot(g.astype(np.float64), g.astype(np.float64))))
+
+
+def clip_grad_norm(store, max_norm):
+    """Scale all gradients down so their global norm is at most max_norm (PyTorch's rule,
+    clip_grad_norm_); returns the norm before clipping."""
+    norm = grad_norm(store)
+    if max_norm > 0:
+        coefficient = max_norm / (norm + 1e-6)
+        if coefficient < 1.0:
+            store.grad *= store.grad.dtype.type(coefficient)
+    return norm

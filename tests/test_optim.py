@@ -1,0 +1,84 @@
+"""AdamW, gradient clipping and the learning-rate schedule."""
+import numpy as np
+import pytest
+
+from engine.errors import UserError
+from engine.kernels import cpu, reference
+from engine.optim import AdamW, clip_grad_norm
+from engine.params import ParameterStore
+from train.config import load_config
+from train.trainer import learning_rate, micro_steps_per_step
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float32, 1e-5), (np.float64, 1e-12)])
+@pytest.mark.parametrize("n", [1, 7, 1000])
+def test_numba_adamw_equals_the_reference(dtype, tol, n):
+    rng = np.random.default_rng(n)
+    param, grad = rng.normal(size=n).astype(dtype), rng.normal(size=n).astype(dtype)
+    m, v = (rng.normal(size=n) * 0.1).astype(dtype), (rng.random(n) * 0.01).astype(dtype)
+    decay = (rng.random(n) < 0.5).astype(np.uint8)
+    expected = [a.copy() for a in (param, m, v)]
+    got = [a.copy() for a in (param, m, v)]
+    for step in (1, 2, 3):
+        reference.adamw_step(expected[0], grad, expected[1], expected[2], decay, 1e-2, 0.9, 0.95, 1e-8, 0.1, step)
+        cpu.adamw_step(got[0], grad, got[1], got[2], decay, 1e-2, 0.9, 0.95, 1e-8, 0.1, step)
+    for e, g in zip(expected, got):
+        assert np.linalg.norm(e - g) <= tol * np.linalg.norm(e)
+
+
+def test_adamw_matches_pytorch():
+    torch = pytest.importorskip("torch")
+    store = ParameterStore([("w", (3, 4)), ("b", (4,))], dtype=np.float64)
+    rng = np.random.default_rng(0)
+    store.data[...] = rng.normal(size=store.numel)
+    ours = AdamW(store, 0.9, 0.95, 1e-8, 0.1)
+    w = torch.tensor(store.params["w"].copy(), requires_grad=True)
+    b = torch.tensor(store.params["b"].copy(), requires_grad=True)
+    theirs = torch.optim.AdamW([{"params": [w], "weight_decay": 0.1}, {"params": [b], "weight_decay": 0.0}],
+                               lr=1e-2, betas=(0.9, 0.95), eps=1e-8)
+    for step in range(5):
+        store.grad[...] = rng.normal(size=store.numel)
+        w.grad = torch.tensor(store.grads["w"].copy())
+        b.grad = torch.tensor(store.grads["b"].copy())
+        ours.step(1e-2 * (step + 1))
+        for group in theirs.param_groups:
+            group["lr"] = 1e-2 * (step + 1)
+        theirs.step()
+    np.testing.assert_allclose(store.params["w"], w.detach().numpy(), rtol=1e-13)
+    np.testing.assert_allclose(store.params["b"], b.detach().numpy(), rtol=1e-13)
+
+
+def test_weight_decay_skips_biases_and_layernorm():
+    store = ParameterStore([("tok_emb.weight", (5, 2)), ("ln_f.weight", (2,)), ("fc.bias", (3,))])
+    decay = AdamW(store).decay
+    assert decay[:10].all() and not decay[10:].any()
+
+
+def test_clip_grad_norm():
+    store = ParameterStore([("a", (2, 2)), ("b", (3,))], dtype=np.float64)
+    store.grad[...] = [3, 0, 0, 4, 0, 0, 0]
+    assert clip_grad_norm(store, 1.0) == pytest.approx(5.0)
+    assert np.linalg.norm(store.grad) == pytest.approx(1.0, rel=1e-6)
+    store.grad[...] = [0.3, 0, 0, 0.4, 0, 0, 0]
+    assert clip_grad_norm(store, 1.0) == pytest.approx(0.5)
+    assert np.linalg.norm(store.grad) == pytest.approx(0.5), "a norm under the limit is left alone"
+
+
+def test_schedule_warms_up_then_decays_to_min_lr():
+    cfg = load_config(None, ["--lr=1.0", "--min_lr=0.1", "--warmup_steps=10", "--max_steps=110"])
+    lrs = [learning_rate(s, cfg) for s in range(111)]
+    assert lrs[0] == pytest.approx(1 / 11) and lrs[9] == pytest.approx(10 / 11)
+    assert lrs[10] == pytest.approx(1.0)
+    assert lrs[60] == pytest.approx(0.1 + 0.5 * 0.9)
+    assert lrs[110] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+
+
+def test_gradient_accumulation_steps():
+    cfg = load_config(None, ["--batch_size=4", "--seq_len=8", "--tokens_per_step=128"])
+    assert micro_steps_per_step(cfg) == 4 and micro_steps_per_step(cfg, world_size=2) == 2
+    cfg.tokens_per_step = 100
+    with pytest.raises(UserError, match="must be a multiple"):
+        micro_steps_per_step(cfg)
+    cfg.tokens_per_step = 0
+    assert micro_steps_per_step(cfg) == 1

@@ -1,0 +1,29 @@
+"""An independent PyTorch model written from DESIGN.md's description (autograd does the
+gradients), for the parity tests."""
+import math
+
+import torch
+
+F = torch.nn.functional
+
+
+def torch_loss(p, idx, targets, n_layer, n_head):
+    V, d = p["tok_emb.weight"].shape
+    B, T = idx.shape
+    position = torch.arange(T, dtype=p["tok_emb.weight"].dtype)[:, None]
+    angle = position / 10000 ** (torch.arange(0, d, 2, dtype=position.dtype) / d)
+    pe = torch.stack([torch.sin(angle), torch.cos(angle)], dim=-1).reshape(T, d)
+    x = math.sqrt(d) * p["tok_emb.weight"][idx] + pe
+    for i in range(n_layer):
+        b = lambda name: p[f"blocks.{i}.{name}"]  # noqa: E731
+        h = F.layer_norm(x, (d,), b("ln1.weight"), b("ln1.bias"), eps=1e-5)
+        q, k, v = (h @ b("attn.qkv.weight") + b("attn.qkv.bias")).split(d, dim=-1)
+        q, k, v = (t.reshape(B, T, n_head, d // n_head).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + y.transpose(1, 2).reshape(B, T, d) @ b("attn.proj.weight") + b("attn.proj.bias")
+        h = F.layer_norm(x, (d,), b("ln2.weight"), b("ln2.bias"), eps=1e-5)
+        h = F.gelu(h @ b("ffn.fc.weight") + b("ffn.fc.bias"), approximate="tanh")
+        x = x + h @ b("ffn.proj.weight") + b("ffn.proj.bias")
+    x = F.layer_norm(x, (d,), p["ln_f.weight"], p["ln_f.bias"], eps=1e-5)
+    logits = x @ p["tok_emb.weight"].T
+    return F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1))

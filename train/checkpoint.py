@@ -1,0 +1,74 @@
+"""Checkpoints: parameters, AdamW moments and the run's position in one safetensors file.
+
+Files are `ckpt-<step>.safetensors` in the run folder, written atomically (temporary file,
+fsync, rename), plus `best.safetensors` for the lowest validation loss. The run's position
+is its step: batches are a pure function of (seed, step) (train/data.py), so the step is
+also the data position and the random state, and a resumed run continues bit for bit.
+"""
+import glob
+import os
+import re
+
+from engine.errors import UserError
+from engine.params import read_safetensors, write_safetensors
+
+MODEL_KEYS = ("vocab_size", "d_model", "n_layer", "n_head", "d_ff")
+FORMAT = "nano2 checkpoint"
+
+
+def checkpoint_path(out_dir, step):
+    return os.path.join(out_dir, f"ckpt-{step:07d}.safetensors")
+
+
+def step_checkpoints(out_dir):
+    """[(step, path)] of the run folder's step checkpoints, oldest first."""
+    found = []
+    for path in glob.glob(os.path.join(out_dir, "ckpt-*.safetensors")):
+        match = re.fullmatch(r"ckpt-(\d+)\.safetensors", os.path.basename(path))
+        if match:
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def save_checkpoint(path, model, optimizer, cfg, state):
+    tensors = model.store.state_tensors()
+    tensors.update(optimizer.state_tensors())
+    write_safetensors(path, tensors, {"format": FORMAT, "config": cfg.to_dict(), **state})
+
+
+def keep_last(out_dir, k):
+    """Delete all but the newest k step checkpoints (best.safetensors is a separate file)."""
+    for _, path in step_checkpoints(out_dir)[:-k]:
+        os.remove(path)
+
+
+def read_checkpoint(path, cfg):
+    """(tensors, metadata) of a checkpoint that fits cfg's model, or a UserError saying why not."""
+    tensors, metadata = read_safetensors(path)
+    if metadata.get("format") != FORMAT or "config" not in metadata:
+        raise UserError(f"{path} is not a nano2 checkpoint")
+    saved = metadata["config"]
+    for key in MODEL_KEYS:
+        if saved.get(key) != getattr(cfg, key):
+            raise UserError(f"{path} is from a different config: {key} is {saved.get(key)} there and "
+                            f"{getattr(cfg, key)} here")
+    return tensors, metadata
+
+
+def load_checkpoint(path, model, optimizer, cfg):
+    """Load parameters (and AdamW moments when an optimizer is given); returns the metadata."""
+    tensors, metadata = read_checkpoint(path, cfg)
+    model.store.load_tensors(tensors, path)
+    if optimizer is not None:
+        missing = [n for n in model.store.shapes if f"adam_m.{n}" not in tensors or f"adam_v.{n}" not in tensors]
+        if missing:
+            raise UserError(f"{path} has no AdamW state for {missing[0]}; it cannot resume training")
+        optimizer.load_state_tensors(tensors, metadata["step"])
+    return metadata
+
+
+def latest_checkpoint(out_dir):
+    found = step_checkpoints(out_dir)
+    if not found:
+        raise UserError(f"--resume: no checkpoint (ckpt-*.safetensors) in {out_dir}")
+    return found[-1][1]

@@ -1,0 +1,234 @@
+"""nano2_train: train on prepared data, as nanoGPT's train.py does, with every gradient by hand.
+
+Each step: micro-batches forward and backward (gradients averaged over them), clip by the
+global norm, AdamW with linear warm-up then cosine decay. Every eval_interval steps: the
+validation loss and bits per byte, a checkpoint (the last keep_checkpoints and the best are
+kept), metrics.jsonl and loss.png in the run folder. Ctrl-C saves a checkpoint and stops;
+`--resume` continues bit for bit.
+"""
+import json
+import math
+import os
+import signal
+import sys
+import time
+
+from tqdm import tqdm
+
+from engine.errors import UserError
+from engine.flops import measure_matmul_flops, training_flops_per_token
+from engine.optim import AdamW, clip_grad_norm
+from train.checkpoint import (checkpoint_path, keep_last, latest_checkpoint, load_checkpoint,
+                              save_checkpoint, step_checkpoints)
+from train.cli import ArgumentParser, parse_with_config, run_main
+from train.config import build_model
+from train.data import TokenData
+from train.plot import plot_losses, read_metrics
+from train.prepare import prepare
+
+
+class NonFiniteError(Exception):
+    pass
+
+
+def learning_rate(step, cfg):
+    """Linear warm-up over warmup_steps, then cosine decay from lr to min_lr at max_steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / (cfg.warmup_steps + 1)
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+
+
+def micro_steps_per_step(cfg, world_size=1):
+    """How many micro-batches make one step of tokens_per_step tokens."""
+    per_micro_step = cfg.batch_size * cfg.seq_len * world_size
+    if cfg.tokens_per_step == 0:
+        return 1
+    if cfg.tokens_per_step % per_micro_step:
+        raise UserError(f"tokens_per_step ({cfg.tokens_per_step}) must be a multiple of batch_size x seq_len "
+                        f"x ranks ({cfg.batch_size} x {cfg.seq_len} x {world_size} = {per_micro_step})")
+    return cfg.tokens_per_step // per_micro_step
+
+
+def first_nonfinite(store):
+    """The first tensor in backward order (last layer first) whose gradient is not finite:
+    where the NaN or Inf was born, since backward carries it on into every earlier layer."""
+    for name, grad in reversed(store.grads.items()):
+        if not bool(store.xp.isfinite(grad).all()):
+            return name
+    return None
+
+
+def train_step(model, optimizer, batches, lr, grad_clip):
+    """One optimizer step over a list of (inputs, targets) micro-batches.
+    Returns (mean loss, gradient norm before clipping); raises NonFiniteError, leaving the
+    parameters untouched, if the loss or any gradient is NaN or infinite."""
+    model.store.zero_grad()
+    total_loss = 0.0
+    for idx, targets in batches:
+        _, loss = model.forward(idx, targets)
+        model.backward(1.0 / len(batches))
+        total_loss += float(loss)
+    loss = total_loss / len(batches)
+    norm = clip_grad_norm(model.store, grad_clip)
+    if not math.isfinite(loss) or not math.isfinite(norm):
+        where = first_nonfinite(model.store)
+        raise NonFiniteError(f"loss {loss}" if where is None else f"gradient of {where} (loss {loss})")
+    optimizer.step(lr)
+    return loss, norm
+
+
+def evaluate(model, data, cfg):
+    """Mean validation loss over eval_iters batches, the same batches at every evaluation."""
+    xp = model.xp
+    total = 0.0
+    for k in range(cfg.eval_iters):
+        idx, targets = data.batch("val", cfg.seed, k, cfg.batch_size, cfg.seq_len)
+        total += float(model.forward(xp.asarray(idx), xp.asarray(targets))[1])
+    return total / cfg.eval_iters
+
+
+def append_metrics(path, row, wandb_run):
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    if wandb_run is not None:
+        wandb_run.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+
+
+def start_wandb(cfg):
+    if not cfg.wandb:
+        return None
+    try:
+        import wandb
+    except ImportError:
+        raise UserError("--wandb=true needs the wandb package (pip install wandb)") from None
+    return wandb.init(project=cfg.wandb_project, config=cfg.to_dict(), mode=cfg.wandb_mode, dir=cfg.out_dir)
+
+
+class StopRequest:
+    """Turns Ctrl-C into a flag the loop checks between steps, so a step is never cut in half."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = signal.signal(signal.SIGINT, self.handle)
+
+    def handle(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, self.previous)  # a second Ctrl-C stops at once
+
+    def restore(self):
+        signal.signal(signal.SIGINT, self.previous)
+
+
+def train(cfg, resume=None):
+    """Train per cfg; returns the process exit status."""
+    data = TokenData(prepare(cfg, quiet=True))
+    data.check_fits(cfg.seq_len, cfg.vocab_size)
+    micro_steps = micro_steps_per_step(cfg)
+    model = build_model(cfg)
+    optimizer = AdamW(model.store, cfg.beta1, cfg.beta2, cfg.adam_eps, cfg.weight_decay)
+    xp = model.xp
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
+    plot_path = os.path.join(cfg.out_dir, "loss.png")
+
+    start, best_val_loss = 0, math.inf
+    if resume:
+        path = latest_checkpoint(cfg.out_dir) if resume == "latest" else resume
+        metadata = load_checkpoint(path, model, optimizer, cfg)
+        start, best_val_loss = metadata["step"], metadata["best_val_loss"]
+        if os.path.exists(metrics_path):  # forget what was logged after the checkpoint
+            rows = [r for r in read_metrics(metrics_path) if r["step"] <= start]
+            with open(metrics_path + ".tmp", "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in rows)
+            os.replace(metrics_path + ".tmp", metrics_path)
+        print(f"resuming from {path} at step {start}")
+    elif step_checkpoints(cfg.out_dir):
+        raise UserError(f"{cfg.out_dir} already holds a run's checkpoints; pass --resume to continue it "
+                        f"or choose another --out_dir")
+    elif os.path.exists(metrics_path):
+        os.remove(metrics_path)
+
+    tokens_per_step = micro_steps * cfg.batch_size * cfg.seq_len
+    flops_per_token = training_flops_per_token(model.store.numel, cfg.n_layer, cfg.d_model, cfg.seq_len)
+    peak_flops = measure_matmul_flops(xp, model.store.dtype)
+    val_bits_per_token = data.meta["val_tokens"] / data.meta["val_bytes"] / math.log(2)
+    last_good = latest_checkpoint(cfg.out_dir) if resume else None
+    wandb_run = start_wandb(cfg)
+    print(f"nano2: {model.store.numel:,} parameters, {tokens_per_step:,} tokens per step "
+          f"({micro_steps} x {cfg.batch_size} x {cfg.seq_len}), {cfg.max_steps} steps, run folder {cfg.out_dir}")
+
+    def evaluate_and_save(step):
+        nonlocal best_val_loss, last_good
+        val_loss = evaluate(model, data, cfg)
+        append_metrics(metrics_path, {"step": step, "val_loss": val_loss,
+                                      "val_bpb": val_loss * val_bits_per_token}, wandb_run)
+        plot_losses(metrics_path, plot_path, f"nano2 {cfg.n_layer}x{cfg.d_model} on {cfg.data}")
+        if step == 0:
+            return val_loss
+        best_val_loss = min(best_val_loss, val_loss)
+        state = {"step": step, "val_loss": val_loss, "best_val_loss": best_val_loss}
+        last_good = checkpoint_path(cfg.out_dir, step)
+        save_checkpoint(last_good, model, optimizer, cfg, state)
+        keep_last(cfg.out_dir, cfg.keep_checkpoints)
+        if val_loss == best_val_loss:
+            save_checkpoint(os.path.join(cfg.out_dir, "best.safetensors"), model, optimizer, cfg, state)
+        return val_loss
+
+    if start == 0:
+        evaluate_and_save(0)
+    stop = StopRequest()
+    bar = tqdm(total=cfg.max_steps, initial=start, unit="step", dynamic_ncols=True)
+    try:
+        for step in range(start, cfg.max_steps):
+            started = time.perf_counter()
+            batches = [tuple(xp.asarray(a) for a in data.batch("train", cfg.seed, step, cfg.batch_size,
+                                                                  cfg.seq_len, m, micro_steps))
+                       for m in range(micro_steps)]
+            lr = learning_rate(step, cfg)
+            try:
+                loss, norm = train_step(model, optimizer, batches, lr, cfg.grad_clip)
+            except NonFiniteError as e:
+                bar.close()
+                print(f"nano2_train: step {step + 1}: non-finite {e}; stopped, the last good checkpoint is "
+                      f"{last_good or '(none yet)'}", file=sys.stderr)
+                return 1
+            elapsed = time.perf_counter() - started
+            tokens_per_s = tokens_per_step / elapsed
+            mfu = flops_per_token * tokens_per_s / peak_flops
+            done = step + 1
+            bar.update(1)
+            bar.set_postfix_str(f"loss {loss:.4f} | {tokens_per_s:,.0f} tok/s | MFU {mfu:.1%}")
+            if done % cfg.log_interval == 0:
+                append_metrics(metrics_path, {"step": done, "loss": loss, "lr": lr, "grad_norm": norm,
+                                              "tokens_per_s": tokens_per_s, "mfu": mfu}, wandb_run)
+            if done % cfg.eval_interval == 0 or done == cfg.max_steps:
+                val_loss = evaluate_and_save(done)
+                bar.write(f"step {done}: val loss {val_loss:.4f}, {val_loss * val_bits_per_token:.3f} bits/byte")
+            if stop.requested:
+                if done % cfg.eval_interval and done != cfg.max_steps:
+                    evaluate_and_save(done)
+                bar.close()
+                print(f"nano2_train: interrupted; saved {last_good}; continue with --resume", file=sys.stderr)
+                return 130
+    finally:
+        stop.restore()
+        bar.close()
+        if wandb_run is not None:
+            wandb_run.finish()
+    print(f"done: best val loss {best_val_loss:.4f} ({best_val_loss * val_bits_per_token:.3f} bits/byte); "
+          f"checkpoints, metrics.jsonl and loss.png in {cfg.out_dir}")
+    return 0
+
+
+def main(argv=None):
+    parser = ArgumentParser(prog="nano2_train", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="JSON config file (default: the built-in defaults)")
+    parser.add_argument("--resume", nargs="?", const="latest", metavar="CKPT",
+                        help="continue from the newest checkpoint in out_dir, or from CKPT")
+    args, cfg = parse_with_config(parser, argv)
+    return train(cfg, args.resume)
+
+
+def entry():
+    sys.exit(run_main(main, "nano2_train"))
