@@ -122,7 +122,7 @@ class StopRequest:
 
 def train(cfg, resume=None):
     """Train per cfg; returns the process exit status."""
-    data = TokenData(prepare(cfg, quiet=True))
+    data = TokenData(prepare(cfg))
     data.check_fits(cfg.seq_len, cfg.vocab_size)
     micro_steps = micro_steps_per_step(cfg)
     model = build_model(cfg)
