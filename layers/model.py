@@ -92,10 +92,16 @@ class Decoder:
             x = block.forward_cached(x, block_cache, start)
         return self.head.forward(self.ln_f.forward(x))
 
-    def backward(self, dloss=1.0):
+    def backward(self, dloss=1.0, grads_ready=None):
         """Add dloss · d loss / d parameter into the store's gradient buffer (call forward with
-        targets first); dloss = 1/k averages the gradients of k accumulated micro-batches."""
+        targets first); dloss = 1/k averages the gradients of k accumulated micro-batches.
+        grads_ready(name), if given, is called as soon as the gradients of ln_f, of each block
+        and of tok_emb are final, so their allreduce can start while backward goes on."""
+        notify = grads_ready or (lambda name: None)
         dx = self.ln_f.backward(self.head.backward(self.xent.backward(dloss)))
+        notify(self.ln_f.name)
         for block in reversed(self.blocks):
             dx = block.backward(dx)
+            notify(block.name)
         self.embedding.backward(self.positions.backward(dx))
+        notify(self.embedding.name)

@@ -1,8 +1,11 @@
 """What every nano2 command shares: argument parsing that ends a bad flag with one line and
-exit status 2, config overrides from the leftover `--key=value` words, and the error wrapper."""
+exit status 2, config overrides from the leftover `--key=value` words, and the error wrapper
+that, under MPI, ends the whole job when any rank fails."""
 import argparse
 import sys
+import traceback
 
+from engine import comm
 from engine.errors import UserError
 from train.config import FIELD_TYPES, load_config
 
@@ -29,12 +32,28 @@ def parse_with_config(parser, argv=None):
 
 
 def run_main(main, prog):
-    """Run a command's main(); a UserError becomes one line on stderr and exit status 2."""
+    """Run a command's main() and return its status. A UserError becomes one line on stderr and
+    status 2. Under mpirun, any exception on any rank prints one line naming the rank and ends
+    every rank at once through MPI_Abort, rather than leaving the others waiting forever."""
+    if not comm.launched_by_mpi():
+        try:
+            return main()
+        except UserError as e:
+            print(f"{prog}: error: {e}", file=sys.stderr)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            print(f"{prog}: interrupted", file=sys.stderr)
+            sys.exit(130)
+    world = comm.world()
     try:
         return main()
     except UserError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        sys.exit(130)
+        print(f"{prog}: rank {world.rank}: error: {e}", file=sys.stderr)
+        world.abort(2)
+    except BaseException as e:  # a bug, or Ctrl-C outside the training loop: all ranks must end
+        if not isinstance(e, (KeyboardInterrupt, SystemExit)):
+            traceback.print_exc()
+        if isinstance(e, SystemExit) and e.code in (0, None):
+            raise
+        print(f"{prog}: rank {world.rank}: {type(e).__name__}: {e}", file=sys.stderr)
+        world.abort(e.code if isinstance(e, SystemExit) and isinstance(e.code, int) else 1)

@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass
 
 from engine.backend import DEVICES, DTYPES, get_array_module, resolve_dtype
+from engine.comm import COMM_KINDS
 from engine.errors import UserError
 from layers.model import Decoder, init_parameters
 
@@ -27,6 +28,8 @@ class Config:
     seed: int = 1337
     dtype: str = "float32"
     device: str = "cpu"
+    threads: int = 0              # BLAS/Numba threads per rank; 0: the cores shared among local ranks
+    comm: str = "mpi"             # gradient allreduce: "mpi", or "nccl" between GPUs
     # data (train/data.py)
     data: str = "stories"
     tokenizer: str = "byte"
@@ -61,8 +64,8 @@ class Config:
 FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Config)}
 POSITIVE = ("vocab_size", "d_model", "n_layer", "n_head", "d_ff", "seq_len", "batch_size", "num_stories",
             "max_steps", "lr", "eval_interval", "eval_iters", "log_interval", "keep_checkpoints")
-NON_NEGATIVE = ("min_lr", "warmup_steps", "weight_decay", "adam_eps", "grad_clip", "tokens_per_step")
-CHOICES = {"dtype": tuple(DTYPES), "device": DEVICES, "tokenizer": ("byte", "gpt2"),
+NON_NEGATIVE = ("threads", "min_lr", "warmup_steps", "weight_decay", "adam_eps", "grad_clip", "tokens_per_step")
+CHOICES = {"dtype": tuple(DTYPES), "device": DEVICES, "comm": COMM_KINDS, "tokenizer": ("byte", "gpt2"),
            "wandb_mode": ("offline", "online", "disabled")}
 TOKENIZER_VOCAB = {"byte": 256, "gpt2": 50257}
 

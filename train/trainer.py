@@ -15,14 +15,17 @@ import time
 
 from tqdm import tqdm
 
+from engine import comm
+from engine.comm import GradientAllreduce
 from engine.errors import UserError
 from engine.flops import measure_matmul_flops, training_flops_per_token
 from engine.optim import AdamW, clip_grad_norm
+from engine.threads import set_threads, threads_per_rank
 from train.checkpoint import (checkpoint_path, keep_last, latest_checkpoint, load_checkpoint,
                               save_checkpoint, step_checkpoints)
 from train.cli import ArgumentParser, parse_with_config, run_main
 from train.config import build_model
-from train.data import TokenData
+from train.data import TokenData, data_dir_for
 from train.plot import plot_losses, read_metrics
 from train.prepare import prepare
 
@@ -59,16 +62,22 @@ def first_nonfinite(store):
     return None
 
 
-def train_step(model, optimizer, batches, lr, grad_clip):
+def train_step(model, optimizer, batches, lr, grad_clip, sync=None):
     """One optimizer step over a list of (inputs, targets) micro-batches.
-    Returns (mean loss, gradient norm before clipping); raises NonFiniteError, leaving the
-    parameters untouched, if the loss or any gradient is NaN or infinite."""
+
+    With `sync` (a GradientAllreduce) the last micro-batch's backward starts each layer's
+    allreduce as soon as its gradients are final; earlier micro-batches only accumulate.
+    Returns (this rank's mean loss, gradient norm before clipping); raises NonFiniteError,
+    leaving the parameters untouched, if the loss or any gradient is NaN or infinite."""
     model.store.zero_grad()
     total_loss = 0.0
-    for idx, targets in batches:
+    for i, (idx, targets) in enumerate(batches):
         _, loss = model.forward(idx, targets)
-        model.backward(1.0 / len(batches))
+        last = i == len(batches) - 1
+        model.backward(1.0 / len(batches), sync.ready if sync is not None and last else None)
         total_loss += float(loss)
+    if sync is not None:
+        sync.finish()
     loss = total_loss / len(batches)
     norm = clip_grad_norm(model.store, grad_clip)
     if not math.isfinite(loss) or not math.isfinite(norm):
@@ -78,14 +87,15 @@ def train_step(model, optimizer, batches, lr, grad_clip):
     return loss, norm
 
 
-def evaluate(model, data, cfg):
-    """Mean validation loss over eval_iters batches, the same batches at every evaluation."""
+def evaluate(model, data, cfg, world):
+    """Mean validation loss over eval_iters batches, the same batches at every evaluation,
+    shared out among the ranks."""
     xp = model.xp
     total = 0.0
-    for k in range(cfg.eval_iters):
+    for k in range(world.rank, cfg.eval_iters, world.world_size):
         idx, targets = data.batch("val", cfg.seed, k, cfg.batch_size, cfg.seq_len)
         total += float(model.forward(xp.asarray(idx), xp.asarray(targets))[1])
-    return total / cfg.eval_iters
+    return world.sum_floats([total])[0] / cfg.eval_iters
 
 
 def append_metrics(path, row, wandb_run):
@@ -120,104 +130,141 @@ class StopRequest:
         signal.signal(signal.SIGINT, self.previous)
 
 
+def load_for_resume(resume, model, optimizer, cfg, world):
+    """Rank 0 reads the checkpoint and every rank receives its parameters, AdamW state and
+    metadata, so a run resumes on any number of ranks, with or without a shared disk."""
+    metadata = None
+    if world.is_root:
+        path = latest_checkpoint(cfg.out_dir) if resume == "latest" else resume
+        metadata = load_checkpoint(path, model, optimizer, cfg)
+        metadata["path"] = path
+    metadata = world.broadcast_object(metadata)
+    for array in (model.store.data, optimizer.m, optimizer.v):
+        world.broadcast_array(array)
+    optimizer.step_count = metadata["step"]
+    return metadata
+
+
 def train(cfg, resume=None):
-    """Train per cfg; returns the process exit status."""
-    data = TokenData(prepare(cfg))
+    """Train per cfg; returns the process exit status. Every rank runs this; rank 0 alone
+    prepares data and writes the run folder."""
+    world = comm.world()
+    set_threads(cfg.threads or threads_per_rank(world.local_size))
+    if world.is_root:
+        prepare(cfg)
+    world.barrier()
+    data = TokenData(data_dir_for(cfg))
     data.check_fits(cfg.seq_len, cfg.vocab_size)
-    micro_steps = micro_steps_per_step(cfg)
+    micro_steps = micro_steps_per_step(cfg, world.world_size)
     model = build_model(cfg)
+    world.broadcast_array(model.store.data)
     optimizer = AdamW(model.store, cfg.beta1, cfg.beta2, cfg.adam_eps, cfg.weight_decay)
+    sync = GradientAllreduce(world, model.store, cfg.comm)
     xp = model.xp
-    os.makedirs(cfg.out_dir, exist_ok=True)
     metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
     plot_path = os.path.join(cfg.out_dir, "loss.png")
 
-    start, best_val_loss = 0, math.inf
+    start, best_val_loss, last_good = 0, math.inf, None
     if resume:
-        path = latest_checkpoint(cfg.out_dir) if resume == "latest" else resume
-        metadata = load_checkpoint(path, model, optimizer, cfg)
-        start, best_val_loss = metadata["step"], metadata["best_val_loss"]
-        if os.path.exists(metrics_path):  # forget what was logged after the checkpoint
+        metadata = load_for_resume(resume, model, optimizer, cfg, world)
+        start, best_val_loss, last_good = metadata["step"], metadata["best_val_loss"], metadata["path"]
+        if world.is_root and os.path.exists(metrics_path):  # forget what was logged after the checkpoint
             rows = [r for r in read_metrics(metrics_path) if r["step"] <= start]
             with open(metrics_path + ".tmp", "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
             os.replace(metrics_path + ".tmp", metrics_path)
-        print(f"resuming from {path} at step {start}")
-    elif step_checkpoints(cfg.out_dir):
-        raise UserError(f"{cfg.out_dir} already holds a run's checkpoints; pass --resume to continue it "
-                        f"or choose another --out_dir")
-    elif os.path.exists(metrics_path):
-        os.remove(metrics_path)
+        if world.is_root:
+            print(f"resuming from {last_good} at step {start}")
+    elif world.is_root:
+        if step_checkpoints(cfg.out_dir):
+            raise UserError(f"{cfg.out_dir} already holds a run's checkpoints; pass --resume to continue it "
+                            f"or choose another --out_dir")
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        if os.path.exists(metrics_path):
+            os.remove(metrics_path)
 
-    tokens_per_step = micro_steps * cfg.batch_size * cfg.seq_len
+    tokens_per_step = micro_steps * cfg.batch_size * cfg.seq_len * world.world_size
     flops_per_token = training_flops_per_token(model.store.numel, cfg.n_layer, cfg.d_model, cfg.seq_len)
-    peak_flops = measure_matmul_flops(xp, model.store.dtype)
+    peak_flops = measure_matmul_flops(xp, model.store.dtype) * world.world_size
     val_bits_per_token = data.meta["val_tokens"] / data.meta["val_bytes"] / math.log(2)
-    last_good = latest_checkpoint(cfg.out_dir) if resume else None
-    wandb_run = start_wandb(cfg)
-    print(f"nano2: {model.store.numel:,} parameters, {tokens_per_step:,} tokens per step "
-          f"({micro_steps} x {cfg.batch_size} x {cfg.seq_len}), {cfg.max_steps} steps, run folder {cfg.out_dir}")
+    wandb_run = start_wandb(cfg) if world.is_root else None
+    if world.is_root:
+        print(f"nano2: {model.store.numel:,} parameters, {tokens_per_step:,} tokens per step "
+              f"({micro_steps} x {world.world_size} x {cfg.batch_size} x {cfg.seq_len}), {cfg.max_steps} steps, "
+              f"run folder {cfg.out_dir}")
 
     def evaluate_and_save(step):
         nonlocal best_val_loss, last_good
-        val_loss = evaluate(model, data, cfg)
+        val_loss = evaluate(model, data, cfg, world)
+        if step > 0:
+            best_val_loss = min(best_val_loss, val_loss)
+            last_good = checkpoint_path(cfg.out_dir, step)
+        if not world.is_root:
+            return val_loss
         append_metrics(metrics_path, {"step": step, "val_loss": val_loss,
                                       "val_bpb": val_loss * val_bits_per_token}, wandb_run)
         plot_losses(metrics_path, plot_path, f"nano2 {cfg.n_layer}x{cfg.d_model} on {cfg.data}")
-        if step == 0:
-            return val_loss
-        best_val_loss = min(best_val_loss, val_loss)
-        state = {"step": step, "val_loss": val_loss, "best_val_loss": best_val_loss}
-        last_good = checkpoint_path(cfg.out_dir, step)
-        save_checkpoint(last_good, model, optimizer, cfg, state)
-        keep_last(cfg.out_dir, cfg.keep_checkpoints)
-        if val_loss == best_val_loss:
-            save_checkpoint(os.path.join(cfg.out_dir, "best.safetensors"), model, optimizer, cfg, state)
+        if step > 0:
+            state = {"step": step, "val_loss": val_loss, "best_val_loss": best_val_loss}
+            save_checkpoint(last_good, model, optimizer, cfg, state)
+            keep_last(cfg.out_dir, cfg.keep_checkpoints)
+            if val_loss == best_val_loss:
+                save_checkpoint(os.path.join(cfg.out_dir, "best.safetensors"), model, optimizer, cfg, state)
         return val_loss
 
     if start == 0:
         evaluate_and_save(0)
     stop = StopRequest()
-    bar = tqdm(total=cfg.max_steps, initial=start, unit="step", dynamic_ncols=True)
+    bar = tqdm(total=cfg.max_steps, initial=start, unit="step", dynamic_ncols=True, disable=not world.is_root)
     try:
         for step in range(start, cfg.max_steps):
             started = time.perf_counter()
-            batches = [tuple(xp.asarray(a) for a in data.batch("train", cfg.seed, step, cfg.batch_size,
-                                                                  cfg.seq_len, m, micro_steps))
+            sync.comm_seconds = 0.0
+            batches = [tuple(xp.asarray(a) for a in data.batch("train", cfg.seed, step, cfg.batch_size, cfg.seq_len,
+                                                                  m, micro_steps, world.rank, world.world_size))
                        for m in range(micro_steps)]
             lr = learning_rate(step, cfg)
             try:
-                loss, norm = train_step(model, optimizer, batches, lr, cfg.grad_clip)
+                loss, norm = train_step(model, optimizer, batches, lr, cfg.grad_clip, sync)
             except NonFiniteError as e:
                 bar.close()
-                print(f"nano2_train: step {step + 1}: non-finite {e}; stopped, the last good checkpoint is "
-                      f"{last_good or '(none yet)'}", file=sys.stderr)
+                if world.is_root:
+                    print(f"nano2_train: step {step + 1}: non-finite {e}; stopped, the last good checkpoint is "
+                          f"{last_good or '(none yet)'}", file=sys.stderr)
                 return 1
+            # One small allreduce: the loss averaged over ranks, and whether any rank saw Ctrl-C,
+            # so that every rank stops after the same step.
+            loss_sum, stops = world.sum_floats([loss, float(stop.requested)])
+            loss = loss_sum / world.world_size
             elapsed = time.perf_counter() - started
             tokens_per_s = tokens_per_step / elapsed
             mfu = flops_per_token * tokens_per_s / peak_flops
             done = step + 1
             bar.update(1)
             bar.set_postfix_str(f"loss {loss:.4f} | {tokens_per_s:,.0f} tok/s | MFU {mfu:.1%}")
-            if done % cfg.log_interval == 0:
+            if done % cfg.log_interval == 0 and world.is_root:
                 append_metrics(metrics_path, {"step": done, "loss": loss, "lr": lr, "grad_norm": norm,
-                                              "tokens_per_s": tokens_per_s, "mfu": mfu}, wandb_run)
+                                              "tokens_per_s": tokens_per_s, "mfu": mfu,
+                                              "comm_share": sync.comm_seconds / elapsed}, wandb_run)
             if done % cfg.eval_interval == 0 or done == cfg.max_steps:
                 val_loss = evaluate_and_save(done)
-                bar.write(f"step {done}: val loss {val_loss:.4f}, {val_loss * val_bits_per_token:.3f} bits/byte")
-            if stop.requested:
+                if world.is_root:
+                    bar.write(f"step {done}: val loss {val_loss:.4f}, {val_loss * val_bits_per_token:.3f} bits/byte")
+            if stops:
                 if done % cfg.eval_interval and done != cfg.max_steps:
                     evaluate_and_save(done)
                 bar.close()
-                print(f"nano2_train: interrupted; saved {last_good}; continue with --resume", file=sys.stderr)
+                if world.is_root:
+                    print(f"nano2_train: interrupted; saved {last_good}; continue with --resume", file=sys.stderr)
                 return 130
     finally:
         stop.restore()
         bar.close()
         if wandb_run is not None:
             wandb_run.finish()
-    print(f"done: best val loss {best_val_loss:.4f} ({best_val_loss * val_bits_per_token:.3f} bits/byte); "
-          f"checkpoints, metrics.jsonl and loss.png in {cfg.out_dir}")
+    if world.is_root:
+        print(f"done: best val loss {best_val_loss:.4f} ({best_val_loss * val_bits_per_token:.3f} bits/byte); "
+              f"checkpoints, metrics.jsonl and loss.png in {cfg.out_dir}")
     return 0
 
 

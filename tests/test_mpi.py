@@ -1,0 +1,148 @@
+"""Data parallelism under `mpiexec -n 2` (the mpich wheel's launcher): the same parameters as
+one rank with the same global batch, checkpoints that move between rank counts, a failing
+rank that ends the job, and a run folder written by rank 0 alone."""
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from engine.comm import bucket_slices
+from engine.params import ParameterStore, read_safetensors
+from engine.threads import threads_per_rank
+from layers.model import parameter_shapes
+
+MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+pytestmark = pytest.mark.skipif(not os.path.exists(MPIEXEC), reason="no mpiexec next to this Python")
+TRAIN = "from train.trainer import entry; entry()"
+
+
+def launch(n, code, *args, timeout=120):
+    started = time.perf_counter()
+    result = subprocess.run([MPIEXEC, "-n", str(n), sys.executable, "-c", code, *args],
+                            capture_output=True, text=True, timeout=timeout)
+    return result, time.perf_counter() - started
+
+
+def final_parameters(run_dir, step):
+    tensors, _ = read_safetensors(os.path.join(run_dir, f"ckpt-{step:07d}.safetensors"))
+    return {k: v for k, v in tensors.items() if not k.startswith("adam_")}
+
+
+def relative_difference(a, b):
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+
+def assert_parameters_close(a, b, tol, per_tensor):
+    """Per tensor, or over all parameters at once. float32 must use the latter: the key part
+    of attn.qkv.bias has a true gradient of zero (softmax ignores a shift shared by every key),
+    so its float32 gradient is rounding noise, which AdamW turns into steps of lr·g/eps; those
+    entries differ between any two summation orders by as much as their size (~1e-7), while
+    the parameters as a whole agree to ~6e-8."""
+    assert set(a) == set(b)
+    if per_tensor:
+        for name in a:
+            err = relative_difference(a[name], b[name])
+            assert err <= tol, f"{name}: relative difference {err:.2e} > {tol:g}"
+    else:
+        err = relative_difference(np.concatenate([a[n].ravel() for n in sorted(a)]),
+                                  np.concatenate([b[n].ravel() for n in sorted(a)]))
+        assert err <= tol, f"parameters differ by {err:.2e} relative > {tol:g}"
+
+
+@pytest.mark.parametrize("dtype, tol", [("float32", 1e-6), ("float64", 1e-12)])
+def test_two_ranks_equal_one_rank_with_the_same_global_batch(small_args, tmp_path, dtype, tol):
+    common = small_args[:-1] + ["--max_steps=5", "--eval_interval=5", "--tokens_per_step=256", f"--dtype={dtype}"]
+    one, _ = launch(1, TRAIN, *common, "--batch_size=8", f"--out_dir={tmp_path / 'one'}")
+    two, _ = launch(2, TRAIN, *common, "--batch_size=4", f"--out_dir={tmp_path / 'two'}")
+    assert one.returncode == 0, one.stderr
+    assert two.returncode == 0, two.stderr
+    assert "(1 x 2 x 4 x 32)" in two.stdout
+    assert_parameters_close(final_parameters(tmp_path / "two", 5), final_parameters(tmp_path / "one", 5), tol,
+                            per_tensor=dtype == "float64")
+
+
+def test_a_two_rank_checkpoint_resumes_on_one_rank(small_args, tmp_path):
+    common = small_args[:-1] + ["--max_steps=8", "--eval_interval=4", "--tokens_per_step=256", "--dtype=float64"]
+    two, _ = launch(2, TRAIN, *common, "--batch_size=4", f"--out_dir={tmp_path / 'two'}")
+    assert two.returncode == 0, two.stderr
+    (tmp_path / "resumed").mkdir()
+    shutil.copy(tmp_path / "two" / "ckpt-0000004.safetensors", tmp_path / "resumed")
+    one, _ = launch(1, TRAIN, *common, "--batch_size=4", f"--out_dir={tmp_path / 'resumed'}", "--resume")
+    assert one.returncode == 0, one.stderr
+    assert "resuming from" in one.stdout and "(2 x 1 x 4 x 32)" in one.stdout
+    assert_parameters_close(final_parameters(tmp_path / "resumed", 8), final_parameters(tmp_path / "two", 8), 1e-12,
+                            per_tensor=True)
+
+
+def test_a_rank_that_raises_ends_the_job(small_args):
+    code = textwrap.dedent(f"""
+        from engine import comm
+        import train.trainer as trainer
+        real = trainer.learning_rate
+        def fail_on_rank_1(step, cfg):
+            if comm.world().rank == 1 and step == 2:
+                raise RuntimeError("planted failure")
+            return real(step, cfg)
+        trainer.learning_rate = fail_on_rank_1
+        {TRAIN}
+    """)
+    result, seconds = launch(2, code, *small_args, "--max_steps=1000", "--eval_interval=1000", timeout=60)
+    assert result.returncode != 0
+    assert "nano2_train: rank 1: RuntimeError: planted failure" in result.stderr, result.stderr[-3000:]
+    assert seconds < 10, f"the job took {seconds:.1f} s to end"
+
+
+def test_only_rank_0_writes_files(small_args, tmp_path):
+    code = textwrap.dedent(f"""
+        import atexit, builtins, os, tempfile
+        from engine import comm
+        watched = {str(tmp_path)!r}
+        writes = []
+        def record(path):
+            if str(path).startswith(watched):
+                writes.append(os.path.basename(str(path)))
+        real_open, real_replace, real_mkstemp = builtins.open, os.replace, tempfile.mkstemp
+        def open_(file, mode="r", *args, **kwargs):
+            if any(c in mode for c in "wax+"):
+                record(file)
+            return real_open(file, mode, *args, **kwargs)
+        def replace(src, dst, *args, **kwargs):
+            record(dst)
+            return real_replace(src, dst, *args, **kwargs)
+        def mkstemp(*args, **kwargs):
+            fd, path = real_mkstemp(*args, **kwargs)
+            record(path)
+            return fd, path
+        builtins.open, os.replace, tempfile.mkstemp = open_, replace, mkstemp
+        atexit.register(lambda: print(f"rank {{comm.world().rank}} wrote {{sorted(set(writes))}}", flush=True))
+        {TRAIN}
+    """)
+    result, _ = launch(2, code, *small_args, "--max_steps=4", "--eval_interval=2")
+    assert result.returncode == 0, result.stderr
+    assert "rank 1 wrote []" in result.stdout
+    assert "metrics.jsonl" in result.stdout.split("rank 0 wrote")[1].splitlines()[0]
+    assert sorted(os.listdir(tmp_path / "run")) == ["best.safetensors", "ckpt-0000002.safetensors",
+                                                    "ckpt-0000004.safetensors", "loss.png", "metrics.jsonl"]
+
+
+def test_threads_are_shared_among_local_ranks():
+    assert threads_per_rank(local_size=2, cpu_count=2, affinity=2) == 1
+    assert threads_per_rank(local_size=1, cpu_count=2, affinity=2) == 2
+    assert threads_per_rank(local_size=4, cpu_count=16, affinity=16) == 4
+    assert threads_per_rank(local_size=3, cpu_count=2, affinity=2) == 1
+    assert threads_per_rank(local_size=2, cpu_count=16, affinity=3) == 3, "a bound rank keeps its cores"
+
+
+def test_buckets_tile_the_gradient_buffer():
+    store = ParameterStore(parameter_shapes(256, 16, 3, 32))
+    buckets = bucket_slices(store)
+    assert list(buckets) == ["tok_emb", "blocks.0", "blocks.1", "blocks.2", "ln_f"]
+    edges = sorted(buckets.values())
+    assert edges[0][0] == 0 and edges[-1][1] == store.numel
+    assert all(a[1] == b[0] for a, b in zip(edges, edges[1:]))
