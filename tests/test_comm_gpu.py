@@ -1,0 +1,51 @@
+"""The gradient allreduce on device buffers: staged through pinned host memory, straight to a
+CUDA-aware MPI, and through NCCL. Runs only where CuPy sees a GPU (two ranks share it if
+there is only one)."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+cupy = pytest.importorskip("cupy", reason="needs CuPy (pip install -e '.[gpu]')")
+pytestmark = pytest.mark.skipif(not cupy.cuda.is_available(), reason="no CUDA device here")
+MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+
+SCRIPT = textwrap.dedent("""
+    import cupy, numpy as np
+    from engine import comm
+    from engine.comm import GradientAllreduce
+    from engine.params import ParameterStore
+    from layers.model import parameter_shapes
+    world = comm.world()
+    cupy.cuda.Device(world.local_rank % cupy.cuda.runtime.getDeviceCount()).use()
+    store = ParameterStore(parameter_shapes(64, 16, 2, 32), np.float32, cupy)
+    store.grad[...] = cupy.arange(store.numel, dtype=cupy.float32) * (world.rank + 1)
+    sync = GradientAllreduce(world, store, "{kind}")
+    for name in ("ln_f", "blocks.1", "blocks.0", "tok_emb"):
+        sync.ready(name)
+    sync.finish()
+    assert cupy.allclose(store.grad, cupy.arange(store.numel, dtype=cupy.float32) * 1.5), "wrong mean"
+    store.data[...] = world.rank + 7
+    world.broadcast_array(store.data)
+    assert bool((store.data == 7).all()), "broadcast did not take rank 0's values"
+    print("rank", world.rank, "ok")
+""")
+
+
+def cuda_aware_mpi():
+    from mpi4py import MPI
+    query = getattr(MPI, "Query_cuda_support", None)
+    return bool(query and query())
+
+
+@pytest.mark.parametrize("kind, cuda_aware", [("mpi", "0"), ("mpi", "1"), ("nccl", "0")])
+def test_device_gradient_allreduce(kind, cuda_aware):
+    if cuda_aware == "1" and not cuda_aware_mpi():
+        pytest.skip("this MPI library does not report CUDA support")
+    env = dict(os.environ, NANO2_MPI_CUDA_AWARE=cuda_aware)
+    result = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-c", SCRIPT.format(kind=kind)],
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(" ok") == 2
