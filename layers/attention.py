@@ -66,6 +66,7 @@ class CausalSelfAttention:
         self.n_head = n_head
         self.qkv = Linear(store, f"{name}.qkv")
         self.proj = Linear(store, f"{name}.proj")
+        self.children = (self.qkv, self.proj)
 
     def forward(self, x):
         y, self.cache = causal_attention_forward(self.qkv.forward(x), self.n_head)

@@ -16,6 +16,7 @@ class Block:
         self.attn = CausalSelfAttention(store, f"{name}.attn", n_head)
         self.ln2 = LayerNorm(store, f"{name}.ln2")
         self.ffn = FFN(store, f"{name}.ffn")
+        self.children = (self.ln1, self.attn, self.ln2, self.ffn)
 
     def forward(self, x):
         x = x + self.attn.forward(self.ln1.forward(x))

@@ -43,6 +43,7 @@ class FFN:
         self.fc = Linear(store, f"{name}.fc")
         self.gelu = GELU(f"{name}.gelu")
         self.proj = Linear(store, f"{name}.proj")
+        self.children = (self.fc, self.gelu, self.proj)
 
     def forward(self, x):
         return self.proj.forward(self.gelu.forward(self.fc.forward(x)))

@@ -65,6 +65,16 @@ class Decoder:
         self.head = TiedHead(self.embedding)
         self.xent = CrossEntropy()
 
+    def named_layers(self):
+        """(name, layer) for every layer, each composite before its children, in forward order.
+        Tools that time or trace layers wrap these objects' forward and backward."""
+        def walk(layer):
+            yield layer.name, layer
+            for child in getattr(layer, "children", ()):
+                yield from walk(child)
+        for layer in (self.embedding, self.positions, *self.blocks, self.ln_f, self.head, self.xent):
+            yield from walk(layer)
+
     def forward(self, idx, targets=None):
         """Logits (B, T, V), and the mean loss when targets are given (else None)."""
         if idx.shape[1] > self.seq_len:
