@@ -2,27 +2,18 @@
 
 GELU (tanh approximation, GPT-2's): y = ½ x (1 + tanh u),  u = √(2/π) (x + 0.044715 x³).
 Derivation: dy/dx = ½ (1 + tanh u) + ½ x (1 - tanh² u) · √(2/π) (1 + 3 · 0.044715 x²);
-the two linears are layers/linear.py's.
+the two linears are layers/linear.py's. The elementwise kernels are in engine/kernels.
 """
-import math
-
-from engine.backend import array_module
+from engine import kernels
 from layers.linear import Linear
-
-GELU_SCALE = math.sqrt(2.0 / math.pi)
-GELU_CUBIC = 0.044715
 
 
 def gelu_forward(x):
-    xp = array_module(x)
-    tanh_u = xp.tanh(GELU_SCALE * (x + GELU_CUBIC * x * x * x))
-    return 0.5 * x * (1.0 + tanh_u), (x, tanh_u)
+    return kernels.gelu_forward(x), x
 
 
-def gelu_backward(dy, cache):
-    x, tanh_u = cache
-    du_dx = GELU_SCALE * (1.0 + 3.0 * GELU_CUBIC * x * x)
-    return dy * (0.5 * (1.0 + tanh_u) + 0.5 * x * (1.0 - tanh_u * tanh_u) * du_dx)
+def gelu_backward(dy, x):
+    return kernels.gelu_backward(dy, x)
 
 
 class GELU:

@@ -2,28 +2,21 @@
 
 Derivation: with g = dy·w, the mean and variance are functions of x too, and give
   dx = rstd · (g - mean(g) - x̂ · mean(g · x̂)),  dw = Σ dy · x̂,  db = Σ dy
-(sums over every row, means over the normalised axis).
+(sums over every row, means over the normalised axis). The fused kernels, one pass over the
+rows each way, are in engine/kernels (reference.py has them in plain NumPy).
 """
-from engine.backend import array_module
+from engine import kernels
 
 EPS = 1e-5
 
 
 def layernorm_forward(x, w, b, eps=EPS):
-    xp = array_module(x)
-    centered = x - x.mean(axis=-1, keepdims=True)
-    rstd = 1.0 / xp.sqrt((centered * centered).mean(axis=-1, keepdims=True) + eps)
-    xhat = centered * rstd
-    return xhat * w + b, (xhat, rstd, w)
+    y, mean, rstd = kernels.layernorm_forward(x, w, b, eps)
+    return y, (x, mean, rstd, w)
 
 
 def layernorm_backward(dy, cache):
-    xhat, rstd, w = cache
-    g = dy * w
-    dx = rstd * (g - g.mean(axis=-1, keepdims=True) - xhat * (g * xhat).mean(axis=-1, keepdims=True))
-    dw = (dy * xhat).reshape(-1, w.shape[0]).sum(axis=0)
-    db = dy.reshape(-1, w.shape[0]).sum(axis=0)
-    return dx, dw, db
+    return kernels.layernorm_backward(dy, *cache)
 
 
 class LayerNorm:

@@ -6,7 +6,9 @@ Derivation: each y[n, j] = Σ_i x[n, i] W[i, j] + b[j], so
 
 
 def linear_forward(x, w, b):
-    return x @ w + b, (x, w)
+    y = x @ w
+    y += b  # in place: one pass over y instead of allocating a second output
+    return y, (x, w)
 
 
 def linear_backward(dy, cache):

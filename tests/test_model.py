@@ -54,8 +54,8 @@ def test_gradcheck_tool_fails_on_a_wrong_backward(monkeypatch, capsys):
 
     def forgets_the_mean_term(dy, cache):
         dx, dw, db = correct(dy, cache)
-        xhat, rstd, w = cache
-        return dx + rstd * (dy * w).mean(axis=-1, keepdims=True), dw, db
+        x, mean, rstd, w = cache
+        return dx + rstd[..., None] * (dy * w).mean(axis=-1, keepdims=True), dw, db
 
     monkeypatch.setattr(layernorm, "layernorm_backward", forgets_the_mean_term)
     assert gradcheck.main(["--config", "configs/tiny.json", "--samples", "3"]) == 1

@@ -1,11 +1,9 @@
 """The fused hot ops the layers and the optimizer call. Each has its spec in `reference.py`;
-faster versions (Numba for NumPy arrays, CUDA RawKernels for CuPy arrays) are chosen here
-by array type as they land, and are tested against the spec."""
-from engine.kernels import cpu
-from engine.kernels.reference import (attention_backward, attention_forward,
-                                      softmax_xent_backward, softmax_xent_forward)
-
-adamw_step = cpu.adamw_step
+the Numba/BLAS versions in `cpu.py` serve NumPy arrays and are tested against the spec."""
+from engine.kernels.cpu import (adamw_step, attention_backward, attention_forward, embedding_backward,
+                                gelu_backward, gelu_forward, layernorm_backward, layernorm_forward,
+                                softmax_xent_backward, softmax_xent_forward)
 
 __all__ = ["attention_forward", "attention_backward", "softmax_xent_forward", "softmax_xent_backward",
+           "layernorm_forward", "layernorm_backward", "gelu_forward", "gelu_backward", "embedding_backward",
            "adamw_step"]

@@ -47,6 +47,47 @@ def attention_backward(dout, q, k, v, out, lse):
     return dq, dk, dv
 
 
+def layernorm_forward(x, w, b, eps=1e-5):
+    """y = (x - mean) · rstd · w + b over the last axis, rstd = 1/√(var + eps).
+    Returns y and each row's mean and rstd, from which backward rebuilds x̂."""
+    mean = x.mean(axis=-1, keepdims=True)
+    centered = x - mean
+    rstd = 1.0 / np.sqrt((centered * centered).mean(axis=-1, keepdims=True) + eps)
+    return centered * rstd * w + b, mean[..., 0], rstd[..., 0]
+
+
+def layernorm_backward(dy, x, mean, rstd, w):
+    """dx = rstd · (g - mean(g) - x̂ · mean(g · x̂)) with g = dy · w;  dw = Σ dy · x̂;  db = Σ dy."""
+    xhat = (x - mean[..., None]) * rstd[..., None]
+    g = dy * w
+    dx = rstd[..., None] * (g - g.mean(axis=-1, keepdims=True) - xhat * (g * xhat).mean(axis=-1, keepdims=True))
+    d = x.shape[-1]
+    return dx, (dy * xhat).reshape(-1, d).sum(axis=0), dy.reshape(-1, d).sum(axis=0)
+
+
+GELU_SCALE = math.sqrt(2.0 / math.pi)
+GELU_CUBIC = 0.044715
+
+
+def gelu_forward(x):
+    """GPT-2's tanh approximation: ½ x (1 + tanh(√(2/π) (x + 0.044715 x³)))."""
+    return 0.5 * x * (1.0 + np.tanh(GELU_SCALE * (x + GELU_CUBIC * x * x * x)))
+
+
+def gelu_backward(dy, x):
+    """dy · (½ (1 + tanh u) + ½ x (1 - tanh² u) √(2/π) (1 + 3 · 0.044715 x²)), recomputing tanh u."""
+    tanh_u = np.tanh(GELU_SCALE * (x + GELU_CUBIC * x * x * x))
+    du_dx = GELU_SCALE * (1.0 + 3.0 * GELU_CUBIC * x * x)
+    return dy * (0.5 * (1.0 + tanh_u) + 0.5 * x * (1.0 - tanh_u * tanh_u) * du_dx)
+
+
+def embedding_backward(dy, idx, vocab_size, scale):
+    """d E for y = scale · E[idx]: each row of dy, scaled, added into its token's row."""
+    dw = np.zeros((vocab_size, dy.shape[-1]), dtype=dy.dtype)
+    np.add.at(dw, idx.reshape(-1), scale * dy.reshape(-1, dy.shape[-1]))
+    return dw
+
+
 def softmax_xent_forward(logits, targets):
     """Per-row cross-entropy of softmax(logits) (N, V) against integer targets (N,).
 

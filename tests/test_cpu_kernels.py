@@ -1,0 +1,94 @@
+"""The Numba/BLAS kernels (engine/kernels/cpu.py) against the NumPy spec (reference.py):
+float32 within 1e-5 relative, float64 within 1e-12, on ragged shapes (T not a multiple of
+the query block, odd widths, one-row inputs)."""
+import numpy as np
+import pytest
+
+from engine.kernels import cpu, reference
+
+TOLERANCE = {np.float32: 1e-5, np.float64: 1e-12}
+DTYPES = list(TOLERANCE)
+
+
+def assert_close(got, expected, dtype, name="", scale=0.0):
+    """Relative to the expected norm, or to `scale` where the exact answer is (nearly) zero and
+    both sides hold only rounding: dq of a one-position sequence, p - 1 for a sure target."""
+    got, expected = np.asarray(got, np.float64), np.asarray(expected, np.float64)
+    err = np.linalg.norm(got - expected) / max(np.linalg.norm(expected), scale, 1e-30)
+    assert err <= TOLERANCE[dtype], f"{name}: relative error {err:.2e}"
+
+
+def random(rng, shape, dtype, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1, 1, 8), (2, 3, 37, 16), (1, 2, 64, 32), (1, 1, 130, 64), (2, 1, 200, 24)])
+def test_attention(dtype, shape):
+    rng = np.random.default_rng(sum(shape))
+    q, k, v, dout = (random(rng, shape, dtype) for _ in range(4))
+    out, lse = cpu.attention_forward(q, k, v)
+    expected_out, expected_lse = reference.attention_forward(q, k, v)
+    assert_close(out, expected_out, dtype, "out")
+    assert_close(lse, expected_lse, dtype, "lse")
+    got = cpu.attention_backward(dout, q, k, v, out, lse)
+    expected = reference.attention_backward(dout, q, k, v, expected_out, expected_lse)
+    for name, g, e in zip(("dq", "dk", "dv"), got, expected):
+        assert_close(g, e, dtype, name, scale=np.linalg.norm(dout.astype(np.float64)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1, 5), (2, 7, 33), (3, 128)])
+def test_layernorm(dtype, shape):
+    rng = np.random.default_rng(1)
+    x, dy = random(rng, shape, dtype, 3.0) + dtype(1.0), random(rng, shape, dtype)
+    w, b = random(rng, shape[-1:], dtype), random(rng, shape[-1:], dtype)
+    y, mean, rstd = cpu.layernorm_forward(x, w, b)
+    ey, emean, erstd = reference.layernorm_forward(x, w, b)
+    for name, g, e in (("y", y, ey), ("mean", mean, emean), ("rstd", rstd, erstd)):
+        assert_close(g, e, dtype, name)
+    for name, g, e in zip(("dx", "dw", "db"), cpu.layernorm_backward(dy, x, mean, rstd, w),
+                          reference.layernorm_backward(dy, x, emean, erstd, w)):
+        assert_close(g, e, dtype, name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5, 17), (64, 96)])
+def test_gelu(dtype, shape):
+    rng = np.random.default_rng(2)
+    x, dy = random(rng, shape, dtype, 2.0), random(rng, shape, dtype)
+    assert_close(cpu.gelu_forward(x), reference.gelu_forward(x), dtype, "y")
+    assert_close(cpu.gelu_backward(dy, x), reference.gelu_backward(dy, x), dtype, "dx")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows, vocab", [(1, 2), (9, 257), (64, 256)])
+def test_softmax_xent(dtype, rows, vocab):
+    rng = np.random.default_rng(3)
+    logits = random(rng, (rows, vocab), dtype, 4.0)
+    targets = rng.integers(0, vocab, size=rows)
+    dlosses = random(rng, (rows,), dtype)
+    losses, lse = cpu.softmax_xent_forward(logits, targets)
+    expected_losses, expected_lse = reference.softmax_xent_forward(logits, targets)
+    assert_close(losses, expected_losses, dtype, "losses")
+    assert_close(lse, expected_lse, dtype, "lse")
+    assert_close(cpu.softmax_xent_backward(dlosses, logits, lse, targets),
+                 reference.softmax_xent_backward(dlosses, logits, expected_lse, targets), dtype, "dlogits",
+                 scale=np.linalg.norm(dlosses.astype(np.float64)))  # p - 1 cancels when p ≈ 1
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_embedding_backward(dtype):
+    rng = np.random.default_rng(4)
+    idx = rng.integers(0, 11, size=(3, 40))  # many repeats
+    dy = random(rng, (3, 40, 7), dtype)
+    assert_close(cpu.embedding_backward(dy, idx, 11, 2.5), reference.embedding_backward(dy, idx, 11, 2.5), dtype)
+
+
+def test_nan_still_reaches_the_output():
+    """The kernels are compiled with fast-math minus the no-NaN/no-Inf assumptions."""
+    x = np.ones((2, 8), np.float32)
+    x[1, 3] = np.nan
+    y, _, _ = cpu.layernorm_forward(x, np.ones(8, np.float32), np.zeros(8, np.float32))
+    assert np.isnan(y[1]).all() and np.isfinite(y[0]).all()
+    assert np.isnan(cpu.gelu_forward(x)[1, 3])
