@@ -158,7 +158,7 @@ def attention_backward(dout, q, k, v, out, lse):
 
 # ---- LayerNorm, GELU, softmax + cross-entropy ------------------------------------------------
 
-@numba.njit(parallel=True, cache=True, fastmath=FAST)
+@numba.njit(cache=True, fastmath=FAST)
 def layernorm_rows(x, w, b, eps, y, mean, rstd):
     N, d = x.shape
     for n in prange(N):
@@ -186,7 +186,7 @@ def layernorm_forward(x, w, b, eps=1e-5):
     return y.reshape(x.shape), mean.reshape(x.shape[:-1]), rstd.reshape(x.shape[:-1])
 
 
-@numba.njit(parallel=True, cache=True, fastmath=FAST)
+@numba.njit(cache=True, fastmath=FAST)
 def layernorm_backward_rows(dy, x, mean, rstd, w, dx, dw_parts, db_parts):
     N, d = x.shape
     n_chunks = dw_parts.shape[0]
@@ -219,7 +219,7 @@ def layernorm_backward(dy, x, mean, rstd, w):
     return dx.reshape(x.shape), dw_parts.sum(axis=0), db_parts.sum(axis=0)
 
 
-@numba.njit(parallel=True, cache=True, fastmath=FAST)
+@numba.njit(cache=True, fastmath=FAST)
 def gelu_inner(x, u):
     N, F = x.shape
     for n in prange(N):
@@ -228,7 +228,7 @@ def gelu_inner(x, u):
             u[n, i] = GELU_SCALE * (a + GELU_CUBIC * a * a * a)
 
 
-@numba.njit(parallel=True, cache=True, fastmath=FAST)
+@numba.njit(cache=True, fastmath=FAST)
 def gelu_outer(x, tanh_u):
     """tanh_u becomes ½ x (1 + tanh u) in place."""
     N, F = x.shape
@@ -237,7 +237,7 @@ def gelu_outer(x, tanh_u):
             tanh_u[n, i] = 0.5 * x[n, i] * (1.0 + tanh_u[n, i])
 
 
-@numba.njit(parallel=True, cache=True, fastmath=FAST)
+@numba.njit(cache=True, fastmath=FAST)
 def gelu_grad(dy, x, tanh_u):
     """tanh_u becomes dy · d gelu / dx in place."""
     N, F = x.shape
