@@ -1,0 +1,337 @@
+"""nano2 against PyTorch eager on this machine's CPU: forward and forward+backward time, their
+ratios, each side's measured sgemm peak and MFU, and each side's peak memory.
+
+    .venv/bin/python bench/vs_torch.py [--config configs/nano2.json] [--batch-size 8] [--seq-len 256]
+                                       [--threads N] [--repeats 3] [--iters 5] [--warmup 2]
+
+The same work on both sides: the PyTorch model is the independent one written from DESIGN.md
+in tests/torch_reference.py (autograd, scaled_dot_product_attention), its parameters leaf
+tensors holding nano2's initial weights; the same batch of tokens; float32; the same number of
+threads (torch.set_num_threads and engine.threads.set_threads; default os.cpu_count()). Both
+forwards are training forwards: nano2 keeps what its backward needs, PyTorch records its
+autograd graph. A forward+backward is zero the gradients, forward, backward, each library's
+own way (nano2 fills its flat gradient buffer with zeros, PyTorch sets .grad to None). The two
+losses on the batch are compared first, so a mismatch stops the benchmark.
+
+Timing: each side lives in a subprocess of its own, and this process alternates them: in every
+repeat, nano2 forward, PyTorch forward, nano2 forward+backward, PyTorch forward+backward,
+--iters iterations each, so a drift in the machine's speed hits both sides; a side's median
+is over all its iterations. The side not being timed waits on a pipe and uses no CPU.
+
+Memory: each subprocess imports its library and runs a tiny model's forward and backward (which
+loads Numba's compiled kernels or initialises PyTorch's lazily loaded ones), then takes its
+resident set size (VmRSS) as the baseline and resets the kernel's high-water mark (writing 5
+to /proc/self/clear_refs); a side's peak memory is the high-water mark (VmHWM) at the end of
+the timing minus that baseline: what the parameters, gradients, activations and temporaries of
+this model and batch held at their highest. (ru_maxrss would include the import-time peak and,
+after fork and exec, can report the parent's size, so it cannot be reset this way.)
+
+A benchmark, not a test: it prints a table and writes bench/vs_torch_<config>.png.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+MIB = 2 ** 20
+
+
+# ---- inside a worker subprocess -------------------------------------------------------------
+
+def memory_status():
+    """(VmRSS, VmHWM) of this process in bytes."""
+    with open("/proc/self/status") as f:
+        fields = dict(line.split(":", 1) for line in f)
+    return tuple(int(fields[key].split()[0]) * 1024 for key in ("VmRSS", "VmHWM"))
+
+
+def read_model_file(path):
+    """(spec, {name: array}, idx, targets) from a file the parent wrote with write_model_file."""
+    data = np.load(path)
+    spec = json.loads(str(data["spec"]))
+    return spec, {name: data[name] for name in spec["names"]}, data["idx"], data["targets"]
+
+
+class Nano2Side:
+    def __init__(self, threads):
+        from engine.threads import set_threads
+        set_threads(threads)
+
+    def load(self, path):
+        from layers.model import Decoder
+        spec, params, self.idx, self.targets = read_model_file(path)
+        self.model = None  # free the previous model before the next one is built
+        self.model = Decoder(spec["vocab_size"], spec["d_model"], spec["n_layer"], spec["n_head"], spec["d_ff"],
+                             spec["seq_len"], dtype=np.float32)
+        self.model.store.load_tensors(params, path)
+        return float(self.model.forward(self.idx, self.targets)[1])
+
+    def forward(self):
+        self.model.forward(self.idx, self.targets)
+
+    def forward_backward(self):
+        self.model.store.zero_grad()
+        self.model.forward(self.idx, self.targets)
+        self.model.backward(1.0)
+
+    def peak_flops(self):
+        from engine.flops import measure_matmul_flops
+        return measure_matmul_flops(np, np.float32)
+
+    def matmul_share(self, iters):
+        """The share of a forward+backward spent in the linear layers' and the head's matrix
+        products, from nano2_cpu_fwandbw --profile's per-layer timers."""
+        from engine import comm
+        from train.timing import run_profile
+        return run_profile(self.model, self.forward_backward, iters, comm.world(), None, "fwbw")["matmul_share"]
+
+
+class TorchSide:
+    def __init__(self, threads):
+        import torch
+        sys.path.insert(0, os.path.join(ROOT, "tests"))
+        from torch_reference import torch_loss
+        torch.set_num_threads(threads)
+        self.torch, self.torch_loss = torch, torch_loss
+
+    def load(self, path):
+        spec, params, idx, targets = read_model_file(path)
+        self.params = None
+        # from_numpy shares the arrays, so the parameters are counted once, in this process.
+        self.params = {name: self.torch.from_numpy(value).requires_grad_() for name, value in params.items()}
+        self.idx, self.targets = self.torch.from_numpy(idx), self.torch.from_numpy(targets)
+        self.n_layer, self.n_head = spec["n_layer"], spec["n_head"]
+        return self.loss().item()
+
+    def loss(self):
+        return self.torch_loss(self.params, self.idx, self.targets, self.n_layer, self.n_head)
+
+    def forward(self):
+        self.loss()
+
+    def forward_backward(self):
+        for p in self.params.values():
+            p.grad = None
+        self.loss().backward()
+
+    def peak_flops(self, n=1024, seconds=0.3):
+        """engine.flops.measure_matmul_flops, with torch.matmul."""
+        a = self.torch.ones(n, n)
+        b = self.torch.ones(n, n)
+        out = a @ b
+        best = float("inf")
+        deadline = time.perf_counter() + seconds
+        while True:
+            start = time.perf_counter()
+            self.torch.matmul(a, b, out=out)
+            best = min(best, time.perf_counter() - start)
+            if time.perf_counter() > deadline:
+                return 2 * n ** 3 / best
+
+
+def seconds_of(step, iters):
+    times = []
+    for _ in range(iters):
+        started = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def worker(side_name, threads):
+    """Answer the parent's commands, one JSON line each, until stdin closes."""
+    replies = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # whatever a library prints goes to stderr, not into the replies
+    side = {"nano2": Nano2Side, "torch": TorchSide}[side_name](threads)
+    baseline = None
+    for line in sys.stdin:
+        command, argument = line.split()
+        if command == "load":
+            reply = {"loss": side.load(argument)}
+        elif command in ("fw", "fwbw"):
+            step = side.forward if command == "fw" else side.forward_backward
+            reply = {"seconds": seconds_of(step, int(argument))}
+        elif command == "baseline":
+            baseline = memory_status()[0]
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            reply = {"rss": baseline}
+        elif command == "memory":
+            reply = {"peak": memory_status()[1] - baseline}
+        elif command == "peak":
+            reply = {"flops": side.peak_flops()}
+        elif command == "matmul_share":
+            reply = {"share": side.matmul_share(int(argument))}
+        replies.write(json.dumps(reply) + "\n")
+
+
+# ---- the parent --------------------------------------------------------------------------------
+
+class Worker:
+    def __init__(self, side, threads):
+        self.side = side
+        # OpenMP threads spin for a while after each parallel region; spinning in the idle
+        # worker, they took a core from the one being timed (nano2 measured 1.45x PyTorch's
+        # time instead of 0.88x). Told to sleep when idle, PyTorch's own times did not change.
+        env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+        self.process = subprocess.Popen([sys.executable, __file__, "--worker", side, "--threads", str(threads)],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+
+    def ask(self, command, argument="-"):
+        self.process.stdin.write(f"{command} {argument}\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            sys.exit(f"vs_torch: the {self.side} worker ended during {command!r} (its error is above)")
+        return json.loads(line)
+
+    def close(self):
+        self.process.stdin.close()
+        self.process.wait()
+
+
+def write_model_file(path, cfg, batch_size, seq_len):
+    """nano2's initial parameters for cfg, a batch of random tokens, and the sizes, for both sides."""
+    from train.config import build_model
+    from train.gradcheck import random_batch
+    model = build_model(cfg)
+    idx, targets = random_batch(np.random.default_rng(cfg.seed), batch_size, seq_len, cfg.vocab_size)
+    spec = {key: getattr(cfg, key) for key in ("vocab_size", "d_model", "n_layer", "n_head", "d_ff", "seq_len")}
+    spec["names"] = list(model.store.params)
+    np.savez(path, spec=json.dumps(spec), idx=idx, targets=targets, **model.store.params)
+    return model.store.numel
+
+
+def set_up(worker, tiny_path, model_path, warmup):
+    """Warm the side up on the tiny model, take its memory baseline, then load the real model
+    and run its warm-up iterations. Returns the real model's loss on the batch."""
+    worker.ask("load", tiny_path)
+    worker.ask("fwbw", 1)
+    worker.ask("baseline")
+    loss = worker.ask("load", model_path)["loss"]
+    worker.ask("fw", warmup)
+    worker.ask("fwbw", warmup)
+    return loss
+
+
+def draw(rows, path, title):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.5, 4), dpi=100)
+    labels = list(rows)
+    ratios = [rows[label] for label in labels]
+    bars = ax.bar(labels, ratios, color=["tab:blue", "tab:orange", "tab:green"])
+    ax.axhline(1.0, color="black", linewidth=1, linestyle="--", label="PyTorch")
+    ax.legend(loc="upper right")
+    for bar, ratio in zip(bars, ratios):
+        ax.text(bar.get_x() + bar.get_width() / 2, ratio, f"{ratio:.2f}x", ha="center", va="bottom")
+    ax.set_ylabel("nano2 / PyTorch (lower is better for nano2)")
+    ax.set_ylim(0, max(ratios + [1.0]) * 1.2)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def blas_description():
+    """Which OpenBLAS kernel NumPy runs: OPENBLAS_CORETYPE, where a machine sets it, picks an
+    older one (Haswell's AVX2 instead of SkylakeX's AVX-512 runs half as fast here)."""
+    from threadpoolctl import threadpool_info
+    blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
+    return ", ".join(f"{i['internal_api']} {i.get('version')} ({i.get('architecture')} kernels)" for i in blas)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=os.path.join("configs", "nano2.json"))
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads on each side")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of alternation")
+    parser.add_argument("--iters", type=int, default=5, help="iterations per side, mode and repeat")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed iterations of each mode first")
+    parser.add_argument("--worker", choices=("nano2", "torch"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args.worker, args.threads)
+
+    from importlib.metadata import version
+
+    from engine.flops import training_flops_per_token
+    from train.config import load_config
+    from train.timing import forward_flops_per_token
+    cfg = load_config(args.config)
+    cfg.seq_len = max(cfg.seq_len, args.seq_len)
+    tiny = load_config(None, ["--n_layer=1", "--d_model=32", "--n_head=2", "--d_ff=64", "--seq_len=16",
+                              f"--vocab_size={cfg.vocab_size}"])
+    sides = {"nano2": "nano2", "torch": f"PyTorch {version('torch')}"}
+    with tempfile.TemporaryDirectory() as tmp:
+        tiny_path, model_path = os.path.join(tmp, "tiny.npz"), os.path.join(tmp, "model.npz")
+        write_model_file(tiny_path, tiny, 2, 16)
+        n_params = write_model_file(model_path, cfg, args.batch_size, args.seq_len)
+        # One side at a time, so neither sets up while the other measures.
+        workers, losses, peaks = {}, {}, {}
+        for side in sides:
+            workers[side] = Worker(side, args.threads)
+            losses[side] = set_up(workers[side], tiny_path, model_path, args.warmup)
+        if abs(losses["nano2"] - losses["torch"]) > 1e-4 * abs(losses["torch"]):
+            sys.exit(f"vs_torch: the losses differ (nano2 {losses['nano2']:.6f}, PyTorch {losses['torch']:.6f}); "
+                     f"the two models do not compute the same thing")
+        for side in sides:
+            peaks[side] = workers[side].ask("peak")["flops"]
+        seconds = {(side, mode): [] for side in sides for mode in ("fw", "fwbw")}
+        for _ in range(args.repeats):
+            for mode in ("fw", "fwbw"):
+                for side in sides:
+                    seconds[side, mode] += workers[side].ask(mode, args.iters)["seconds"]
+        memory = {side: workers[side].ask("memory")["peak"] for side in sides}
+        matmul_share = workers["nano2"].ask("matmul_share", args.iters)["share"]
+        for side in sides:
+            workers[side].close()
+
+    median = {key: float(np.median(values)) for key, values in seconds.items()}
+    tokens = args.batch_size * args.seq_len
+    flops_per_token = {"fw": forward_flops_per_token(n_params, cfg.n_layer, cfg.d_model, args.seq_len),
+                       "fwbw": training_flops_per_token(n_params, cfg.n_layer, cfg.d_model, args.seq_len)}
+    mfu = {key: flops_per_token[key[1]] * tokens / median[key] / peaks[key[0]] for key in median}
+    config_name = os.path.splitext(os.path.basename(args.config))[0]
+
+    print(f"nano2 vs {sides['torch']} eager on the CPU: {args.config} (d_model {cfg.d_model}, n_layer {cfg.n_layer}, "
+          f"n_head {cfg.n_head}, d_ff {cfg.d_ff}, vocab {cfg.vocab_size}; {n_params / 1e6:.2f}M parameters)")
+    print(f"batch {args.batch_size} x {args.seq_len} tokens, float32, {args.threads} threads each; "
+          f"{args.repeats} alternating repeats x {args.iters} iterations; loss nano2 {losses['nano2']:.5f}, "
+          f"PyTorch {losses['torch']:.5f}")
+    print(f"nano2's BLAS: {blas_description()}")
+    print(f"{'':<28} {'nano2':>10} {'PyTorch':>10} {'nano2/PyTorch':>14}")
+
+    def row(label, ours, theirs, fmt):
+        print(f"{label:<28} {fmt.format(ours):>10} {fmt.format(theirs):>10} {ours / theirs:13.2f}x")
+
+    row("forward ms (median)", median["nano2", "fw"] * 1e3, median["torch", "fw"] * 1e3, "{:.2f}")
+    row("forward+backward ms (median)", median["nano2", "fwbw"] * 1e3, median["torch", "fwbw"] * 1e3, "{:.2f}")
+    row("fwbw tokens/s", tokens / median["nano2", "fwbw"], tokens / median["torch", "fwbw"], "{:,.0f}")
+    row("sgemm 1024 peak GFLOP/s", peaks["nano2"] / 1e9, peaks["torch"] / 1e9, "{:.1f}")
+    row("forward MFU", mfu["nano2", "fw"] * 100, mfu["torch", "fw"] * 100, "{:.1f}%")
+    row("forward+backward MFU", mfu["nano2", "fwbw"] * 100, mfu["torch", "fwbw"] * 100, "{:.1f}%")
+    row("peak memory MiB", memory["nano2"] / MIB, memory["torch"] / MIB, "{:.1f}")
+    print(f"nano2 forward+backward outside the linear layers' matrix products: {1 - matmul_share:.1%} of the step "
+          f"(per-layer timers, as nano2_cpu_fwandbw --profile)")
+
+    chart = os.path.join(HERE, f"vs_torch_{config_name}.png")
+    draw({"forward time": median["nano2", "fw"] / median["torch", "fw"],
+          "forward+backward time": median["nano2", "fwbw"] / median["torch", "fwbw"],
+          "peak memory": memory["nano2"] / memory["torch"]}, chart,
+         f"nano2 / {sides['torch']}, CPU, {config_name}, B {args.batch_size} x T {args.seq_len}, "
+         f"{args.threads} threads")
+    print(f"chart: {chart}")
+
+
+if __name__ == "__main__":
+    main()

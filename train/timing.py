@@ -1,0 +1,371 @@
+"""nano2_cpu_fw / nano2_cpu_fwandbw (CPU) and nano2_fw / nano2_fwbw (GPU): the seed's timing
+commands, timing the model's forward or forward+backward on random tokens.
+
+fw times `model.forward(idx, targets)`, the loss included. fwbw times one training step
+without the optimizer: zero_grad, forward, backward and, under MPI, the gradient allreduce.
+Every rank's per-iteration times are gathered to rank 0, which prints the median, min and max,
+tokens/s, the achieved GFLOP/s and the MFU against an sgemm peak measured on the spot.
+--profile then times every layer, on iterations of their own since the timers cost time.
+"""
+import json
+import re
+import statistics
+import sys
+import time
+from collections import defaultdict
+
+import numpy as np
+
+from engine import comm
+from engine.comm import GradientAllreduce
+from engine.errors import UserError
+from engine.flops import measure_matmul_flops, training_flops_per_token
+from engine.threads import set_threads, threads_per_rank
+from train.cli import ArgumentParser, parse_with_config, run_main
+from train.config import build_model
+from train.gradcheck import random_batch
+
+# prog: (device, what it times)
+COMMANDS = {"nano2_fw": ("gpu", "fw"), "nano2_fwbw": ("gpu", "fwbw"),
+            "nano2_cpu_fw": ("cpu", "fw"), "nano2_cpu_fwandbw": ("cpu", "fwbw")}
+# A forward+backward costs about three forwards, so fewer iterations take about as long.
+DEFAULT_ITERS = {"fw": 10, "fwbw": 5}
+MODE_TITLES = {"fw": "forward", "fwbw": "forward+backward"}
+
+# Profile rows, by a layer's name with its "blocks.<i>." prefix removed. A block's own time
+# (its residual adds) and the FFN's (nothing but calls to its children) have no row of
+# their own: they go to "other".
+LAYER_KINDS = {"tok_emb": "embedding", "pos": "positions",
+               "ln1": "layernorm", "ln2": "layernorm", "ln_f": "layernorm",
+               "attn": "attention core", "attn.qkv": "linear qkv", "attn.proj": "linear attn.proj",
+               "ffn.fc": "linear fc", "ffn.gelu": "gelu", "ffn.proj": "linear ffn.proj",
+               "head": "head (tied)", "xent": "cross-entropy", "": "other", "ffn": "other"}
+# The rows that are a matrix product with a weight matrix (and its bias add or sum).
+MATMUL_KINDS = ("linear qkv", "linear attn.proj", "linear fc", "linear ffn.proj", "head (tied)")
+ROW_ORDER = ("embedding", "positions", "layernorm", "attention core", "linear qkv", "linear attn.proj",
+             "linear fc", "gelu", "linear ffn.proj", "head (tied)", "cross-entropy")
+MODEL = "(model)"  # the profiler's key for the Decoder's own forward and backward
+
+
+def forward_flops_per_token(n_params, n_layer, d_model, seq_len):
+    """The forward third of training_flops_per_token: 2 per parameter plus attention's q·k and
+    p·v products, 4 · L · T · d."""
+    return 2 * n_params + 4 * n_layer * seq_len * d_model
+
+
+def synchronize(xp):
+    """Wait until the GPU has done the work queued so far, so the clock reads when it is done
+    (a no-op on the CPU, where every call returns when its work is done)."""
+    if xp is not np:
+        xp.cuda.get_current_stream().synchronize()
+
+
+def require_gpu(prog):
+    """A UserError naming the CPU commands, unless CuPy is installed and sees a GPU."""
+    cpu_commands = "nano2_cpu_fw / nano2_cpu_fwandbw time the CPU"
+    try:
+        import cupy
+    except ImportError:
+        raise UserError(f"no GPU: {prog} needs CuPy and an NVIDIA GPU (CuPy is not installed); "
+                        f"{cpu_commands}") from None
+    if not cupy.cuda.is_available():
+        raise UserError(f"no GPU: CuPy finds no CUDA device here; {cpu_commands}")
+
+
+def time_steps(step, iters, warmup, world, xp, sync=None):
+    """(seconds, communication seconds) of each of `iters` calls of step(), after `warmup`
+    untimed calls (the first runs compile the Numba kernels and warm the caches)."""
+    seconds, comm_seconds = [], []
+    for i in range(warmup + iters):
+        world.barrier()  # every rank starts the iteration together, as in training
+        if sync is not None:
+            sync.comm_seconds = 0.0
+        started = time.perf_counter()
+        step()
+        synchronize(xp)
+        if i >= warmup:
+            seconds.append(time.perf_counter() - started)
+            comm_seconds.append(sync.comm_seconds if sync is not None else 0.0)
+    return seconds, comm_seconds
+
+
+def gather(world, values):
+    """Every rank's list of floats, concatenated on rank 0 (None on the other ranks)."""
+    if world.world_size == 1:
+        return list(values)
+    lists = world.comm.gather(list(values), root=0)
+    return None if lists is None else [v for rank_values in lists for v in rank_values]
+
+
+def summarise(seconds, tokens, flops_per_token, peak_flops):
+    """Median, min and max ms per iteration, tokens/s, GFLOP/s and MFU of a list of seconds."""
+    median = statistics.median(seconds)
+    flops = flops_per_token * tokens / median
+    return {"iters": len(seconds), "median_ms": median * 1e3, "min_ms": min(seconds) * 1e3,
+            "max_ms": max(seconds) * 1e3, "tokens_per_s": tokens / median, "gflops": flops / 1e9,
+            "mfu": flops / peak_flops}
+
+
+def layer_kind(name):
+    """The profile row of layer `name`: blocks.3.attn.qkv -> "linear qkv". A layer this table
+    does not know gets a row of its own (its name without the block prefix)."""
+    relative = re.sub(r"^blocks\.\d+(\.|$)", "", name)
+    return LAYER_KINDS.get(relative, relative)
+
+
+class LayerProfiler:
+    """Times the forward and backward of every layer of `model.named_layers()`, and of the
+    model itself, by replacing those methods on each object with a timing wrapper (the layer
+    code is untouched); restore() puts the originals back."""
+
+    def __init__(self, model):
+        self.xp = model.xp
+        self.layers = list(model.named_layers())
+        self.totals = defaultdict(float)  # (layer name, "forward" or "backward") -> seconds
+        self.replaced = []
+        for name, obj in self.layers + [(MODEL, model)]:
+            for method in ("forward", "backward"):
+                self.wrap(obj, name, method)
+
+    def wrap(self, obj, name, method):
+        original = getattr(obj, method)
+        totals, xp = self.totals, self.xp
+
+        def timed(*args, **kwargs):
+            synchronize(xp)
+            started = time.perf_counter()
+            result = original(*args, **kwargs)
+            synchronize(xp)
+            totals[name, method] += time.perf_counter() - started
+            return result
+
+        self.replaced.append((obj, method, vars(obj).get(method)))
+        setattr(obj, method, timed)
+
+    def restore(self):
+        for obj, method, own in self.replaced:
+            if own is None:
+                delattr(obj, method)  # the class's method shows through again
+            else:
+                setattr(obj, method, own)
+
+    def self_seconds(self, method):
+        """{layer name: seconds in `method`, its children's excluded}."""
+        return {name: self.totals[name, method]
+                - sum(self.totals[child.name, method] for child in getattr(layer, "children", ()))
+                for name, layer in self.layers}
+
+
+def profile_rows(profiler, step_seconds, comm_seconds, mode):
+    """{row: [forward s, backward s]}, summed over layers of a kind, adding up to step_seconds.
+
+    The forward column is model.forward (for fw, the whole step); the backward column is the
+    rest of the step: zero_grad, model.backward and the allreduce wait. "communication" is the
+    time the allreduce did not hide; "other" is what is left: the blocks' residual adds and
+    the step's time outside the layers."""
+    rows = defaultdict(lambda: [0.0, 0.0])
+    for column, method in enumerate(("forward", "backward")):
+        for name, seconds in profiler.self_seconds(method).items():
+            rows[layer_kind(name)][column] += seconds
+    if comm_seconds:
+        rows["communication"][1] += comm_seconds
+    forward_seconds = profiler.totals[MODEL, "forward"] if mode == "fwbw" else step_seconds
+    for column, target in enumerate((forward_seconds, step_seconds - forward_seconds)):
+        rows["other"][column] = target - sum(r[column] for kind, r in rows.items() if kind != "other")
+    order = list(ROW_ORDER) + sorted(set(rows) - set(ROW_ORDER) - {"communication", "other"})
+    return {kind: rows[kind] for kind in order + ["communication", "other"] if kind in rows}
+
+
+def run_profile(model, step, iters, world, sync, mode):
+    """Rank 0's per-layer profile of `iters` more iterations of step(), per iteration."""
+    profiler = LayerProfiler(model)
+    try:
+        seconds, comm_seconds = time_steps(step, iters, 0, world, model.xp, sync)
+    finally:
+        profiler.restore()
+    step_seconds = sum(seconds)
+    rows = profile_rows(profiler, step_seconds, sum(comm_seconds), mode)
+    matmul_seconds = sum(sum(rows[kind]) for kind in MATMUL_KINDS if kind in rows)
+    return {"iters": iters, "step_ms": step_seconds / iters * 1e3,
+            "rows": [{"layer": kind, "fw_ms": fw / iters * 1e3, "bw_ms": bw / iters * 1e3,
+                      "share": (fw + bw) / step_seconds} for kind, (fw, bw) in rows.items()],
+            "matmul_share": matmul_seconds / step_seconds}
+
+
+def make_parser(prog, device, mode):
+    what = MODE_TITLES[mode]
+    parser = ArgumentParser(prog=prog, description=f"Time nano2's {what} on the {device.upper()} "
+                                                   f"on random tokens (no optimizer step).")
+    parser.add_argument("--config", help="JSON config file (default: the built-in defaults)")
+    if mode == "fw":
+        parser.add_argument("--fw-iters", type=int, default=DEFAULT_ITERS["fw"],
+                            help=f"timed forward iterations per rank (default {DEFAULT_ITERS['fw']})")
+    else:
+        # The seed spelled this --fwbw-iters on the GPU and --fw-bw-iters on the CPU: both work.
+        parser.add_argument("--fwbw-iters", "--fw-bw-iters", dest="fwbw_iters", type=int,
+                            default=DEFAULT_ITERS["fwbw"],
+                            help=f"timed forward+backward iterations per rank (default {DEFAULT_ITERS['fwbw']})")
+        parser.add_argument("--fw-iters", type=int, default=DEFAULT_ITERS["fw"],
+                            help=f"with --profile, forward-only iterations timed for the fwbw/fw ratio "
+                                 f"(default {DEFAULT_ITERS['fw']})")
+    parser.add_argument("--batch-size", type=int, help="sequences per rank (default: the config's batch_size)")
+    parser.add_argument("--seq-len", type=int, help="tokens per sequence (default: the config's seq_len)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first (default 2)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument("--profile", action="store_true",
+                        help="also time every layer, on as many further iterations (a table of each kind "
+                             "of layer's share of the step)")
+    parser.add_argument("--peak-gflops", type=float,
+                        help="one rank's peak GFLOP/s for the MFU (default: a 1024x1024 matrix product "
+                             "measured on the spot)")
+    return parser
+
+
+def checked_args(parser, args, mode):
+    for flag in ("fw_iters", "fwbw_iters", "batch_size", "seq_len", "peak_gflops"):
+        value = getattr(args, flag, None)
+        if value is not None and value <= 0:
+            parser.error(f"--{flag.replace('_', '-')} must be positive")
+    if args.warmup < 0:
+        parser.error("--warmup must not be negative")
+    args.iters = args.fw_iters if mode == "fw" else args.fwbw_iters
+    return args
+
+
+def time_model(args, cfg, prog, mode):
+    """The results dict on rank 0, None on the other ranks."""
+    world = comm.world()
+    threads = cfg.threads or threads_per_rank(world.local_size)
+    set_threads(threads)
+    batch_size = args.batch_size or cfg.batch_size
+    seq_len = args.seq_len or cfg.seq_len
+    cfg.batch_size, cfg.seq_len = batch_size, max(cfg.seq_len, seq_len)  # the position table covers seq_len
+    model = build_model(cfg)
+    xp = model.xp
+    rng = np.random.default_rng([cfg.seed, world.rank])
+    idx, targets = (xp.asarray(a) for a in random_batch(rng, batch_size, seq_len, cfg.vocab_size))
+    sync = GradientAllreduce(world, model.store, cfg.comm)
+
+    def forward():
+        model.forward(idx, targets)
+
+    def forward_backward():
+        model.store.zero_grad()
+        model.forward(idx, targets)
+        model.backward(1.0, sync.ready)
+        sync.finish()
+
+    # Each rank measures its peak at the same time, sharing the machine as it will when timed.
+    world.barrier()
+    peak_per_rank = args.peak_gflops * 1e9 if args.peak_gflops else measure_matmul_flops(xp, model.store.dtype)
+    peak_flops = world.sum_floats([peak_per_rank])[0]
+    tokens = world.world_size * batch_size * seq_len
+    flops_per_token = {"fw": forward_flops_per_token, "fwbw": training_flops_per_token}
+    step = {"fw": forward, "fwbw": forward_backward}[mode]
+    step_sync = sync if mode == "fwbw" else None
+
+    seconds, comm_seconds = time_steps(step, args.iters, args.warmup, world, xp, step_sync)
+    seconds, comm_seconds = gather(world, seconds), gather(world, comm_seconds)
+    profile = fw_only = None
+    if args.profile:
+        if mode == "fwbw":
+            fw_seconds, _ = time_steps(forward, args.fw_iters, args.warmup, world, xp)
+            fw_seconds = gather(world, fw_seconds)
+            if world.is_root:
+                fw_only = summarise(fw_seconds, tokens, flops_per_token["fw"](model.store.numel, cfg.n_layer,
+                                                                              cfg.d_model, seq_len), peak_flops)
+        profile = run_profile(model, step, args.iters, world, step_sync, mode)
+    if not world.is_root:
+        return None
+
+    result = {"command": prog, "mode": mode, "device": cfg.device, "config": args.config or "(defaults)",
+              "vocab_size": cfg.vocab_size, "d_model": cfg.d_model, "n_layer": cfg.n_layer, "n_head": cfg.n_head,
+              "d_ff": cfg.d_ff, "parameters": model.store.numel, "dtype": cfg.dtype, "batch_size": batch_size,
+              "seq_len": seq_len, "ranks": world.world_size, "threads_per_rank": threads, "warmup": args.warmup,
+              "peak_gflops": peak_flops / 1e9, "peak_measured": not args.peak_gflops}
+    result.update(summarise(seconds, tokens, flops_per_token[mode](model.store.numel, cfg.n_layer, cfg.d_model,
+                                                                   seq_len), peak_flops))
+    if mode == "fwbw":
+        result["comm_ms"] = statistics.median(comm_seconds) * 1e3
+        result["comm_share"] = result["comm_ms"] / result["median_ms"]
+    if profile is not None:
+        result["profile"] = profile
+        profile["timed_overhead"] = profile["step_ms"] / result["median_ms"] - 1
+        if fw_only is not None:
+            profile["fw_median_ms"] = fw_only["median_ms"]
+            profile["fwbw_over_fw"] = result["median_ms"] / fw_only["median_ms"]
+    return result
+
+
+def plural(n, word):
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def print_table(r):
+    print(f"{r['command']}: {MODE_TITLES[r['mode']]}, config {r['config']}")
+    print(f"  model    d_model {r['d_model']}, n_layer {r['n_layer']}, n_head {r['n_head']}, d_ff {r['d_ff']}, "
+          f"vocab {r['vocab_size']}: {r['parameters'] / 1e6:.2f}M parameters, {r['dtype']} on {r['device']}")
+    print(f"  batch    B {r['batch_size']} x T {r['seq_len']} = {r['batch_size'] * r['seq_len']:,} tokens per rank; "
+          f"{plural(r['ranks'], 'rank')} x {plural(r['threads_per_rank'], 'thread')}")
+    print(f"  timed    {plural(r['iters'] // r['ranks'], 'iteration')} on each rank after {r['warmup']} warm-up; "
+          f"statistics over all ranks")
+    print(f"  per iteration  median {r['median_ms']:.2f} ms  (min {r['min_ms']:.2f}, max {r['max_ms']:.2f})")
+    print(f"  tokens/s       {r['tokens_per_s']:,.0f}")
+    peak_source = "measured: 1024x1024 sgemm on each rank, summed" if r["peak_measured"] else "--peak-gflops x ranks"
+    print(f"  achieved       {r['gflops']:,.1f} GFLOP/s, MFU {r['mfu']:.1%} of {r['peak_gflops']:,.1f} GFLOP/s "
+          f"({peak_source})")
+    if r["mode"] == "fwbw" and r["ranks"] > 1:
+        print(f"  communication  median {r['comm_ms']:.2f} ms per iteration, {r['comm_share']:.1%} of the step "
+              f"(allreduce time backward did not hide)")
+    p = r.get("profile")
+    if p is None:
+        return
+    backward = r["mode"] == "fwbw"
+    print(f"\nprofile: rank 0, {p['iters']} more iterations with a timer around every layer "
+          f"(step {p['step_ms']:.2f} ms, {p['timed_overhead']:+.1%} against the timed median); self times, "
+          f"summed over blocks")
+    print(f"  {'layer':<20} {'forward ms':>11}" + (f" {'backward ms':>12}" if backward else "") + f" {'share':>7}")
+    for row in p["rows"]:
+        print(f"  {row['layer']:<20} {row['fw_ms']:11.3f}" + (f" {row['bw_ms']:12.3f}" if backward else "")
+              + f" {row['share']:7.1%}")
+    print(f"  matrix products of the linear layers and the head: {p['matmul_share']:.1%} of the step; "
+          f"everything else {1 - p['matmul_share']:.1%}")
+    if "fwbw_over_fw" in p:
+        print(f"  fwbw/fw: {p['fwbw_over_fw']:.2f}x (forward alone: median {p['fw_median_ms']:.2f} ms)")
+
+
+def main(argv=None, prog="nano2_cpu_fw"):
+    device, mode = COMMANDS[prog]
+    parser = make_parser(prog, device, mode)
+    args, cfg = parse_with_config(parser, argv)
+    args = checked_args(parser, args, mode)
+    if device == "gpu":
+        require_gpu(prog)
+    cfg.device = device  # a GPU config (gpt2-small.json) still times on the CPU with the CPU commands
+    result = time_model(args, cfg, prog, mode)
+    if result is not None:
+        if args.json:
+            print(json.dumps(result))
+        else:
+            print_table(result)
+    return 0
+
+
+def entry(prog):
+    sys.exit(run_main(lambda: main(prog=prog), prog))
+
+
+def gpu_fw_entry():
+    entry("nano2_fw")
+
+
+def gpu_fwbw_entry():
+    entry("nano2_fwbw")
+
+
+def cpu_fw_entry():
+    entry("nano2_cpu_fw")
+
+
+def cpu_fwandbw_entry():
+    entry("nano2_cpu_fwandbw")
