@@ -19,6 +19,9 @@ SOURCES = sorted(glob.glob(os.path.join(emulator.KERNELS, "*.cu")))
 # The template instantiations the GPU backend asks CuPy for (its name_expressions).
 NAME_EXPRESSIONS = {
     "softmax_xent.cu": [f"softmax_xent_{pass_}<{t}>" for pass_ in ("forward", "backward") for t in ("float", "double")],
+    "attention.cu": [f"attention_{kernel}<{t}, {hd}>"
+                     for kernel in ("forward", "row_dot", "backward_dq", "backward_dkdv")
+                     for t in ("float", "double") for hd in launch.ATTENTION_HEAD_SIZES],
 }
 CUPY_OPTIONS = ["-std=c++17", "-ftz=true"]  # CuPy adds the architecture; it compiles with -ftz
 
@@ -153,3 +156,53 @@ def test_thread_sanitizer_catches_a_missing_syncthreads(tmp_path):
     assert planted.read_text() != source
     result = run_under_thread_sanitizer(str(planted), tmp_path)
     assert "WARNING: ThreadSanitizer: data race" in result.stderr
+
+
+# ---- causal attention on the emulator ----------------------------------------------------------
+
+ATTENTION = os.path.join(emulator.KERNELS, "attention.cu")
+ATTENTION_HARNESS = os.path.join(emulator.HERE, "attention_harness.cpp")
+
+
+@pytest.fixture(scope="module")
+def attention_library():
+    return emulator.build(ATTENTION, ATTENTION_HARNESS)
+
+
+def emulated_attention(library, q, k, v, dout=None):
+    """(out, lse) and, given dout, (dq, dk, dv), launched as the GPU backend launches them."""
+    B, H, T, hd = q.shape
+    suffix = SUFFIX[q.dtype.type]
+    grid, block = launch.attention_geometry(B * H, T)
+    out, lse = np.empty_like(q), np.empty((B, H, T), q.dtype)
+    emulator.call(getattr(library, f"forward_{suffix}"), grid, block, q, k, v, out, lse, B * H, T, hd)
+    if dout is None:
+        return out, lse
+    row_dot, grads = np.empty_like(lse), [np.empty_like(q) for _ in range(3)]
+    emulator.call(getattr(library, f"backward_{suffix}"), grid, block, q, k, v, out, dout, lse, row_dot, *grads,
+                  B * H, T, hd)
+    return out, lse, grads
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 1, 1, 32), (1, 3, 5, 64), (1, 1, 33, 32), (1, 1, 6, 128)])
+def test_attention_matches_reference(attention_library, dtype, shape):
+    rng = np.random.default_rng(sum(shape))
+    q, k, v, dout = (rng.standard_normal(shape).astype(dtype) for _ in range(4))
+    out, lse, grads = emulated_attention(attention_library, q, k, v, dout)
+    expected_out, expected_lse = reference.attention_forward(q, k, v)
+    expected = reference.attention_backward(dout, q, k, v, expected_out, expected_lse)
+    assert relative(out, expected_out) <= TOLERANCE[dtype]
+    assert relative(lse, expected_lse) <= TOLERANCE[dtype]
+    scale = np.linalg.norm(dout.astype(np.float64))  # dq of a one-position sequence is exactly 0
+    for name, got, want in zip(("dq", "dk", "dv"), grads, expected):
+        assert relative(got, want, scale) <= TOLERANCE[dtype], name
+
+
+def test_emulated_attention_backward_passes_finite_differences(attention_library):
+    rng = np.random.default_rng(5)
+    q, k, v, dout = (rng.standard_normal((1, 1, 3, 32)) for _ in range(4))
+    _, _, (dq, dk, dv) = emulated_attention(attention_library, q, k, v, dout)
+    loss = lambda: float((emulated_attention(attention_library, q, k, v)[0] * dout).sum())  # noqa: E731
+    for name, grad, x in (("dq", dq, q), ("dk", dk, k), ("dv", dv, v)):
+        assert_grad_close(grad, loss, x, name)
