@@ -1,4 +1,6 @@
 """Backend selection, the array module of an array, and the dtype policy."""
+import os
+
 import numpy as np
 
 from engine.errors import UserError
@@ -11,14 +13,26 @@ DTYPES = {"float32": np.float32, "float64": np.float64}
 DEFAULT_DTYPE = "float32"
 
 
-def get_array_module(device):
-    """The array module (numpy or cupy) that holds a model's arrays on `device`."""
+def get_array_module(device, tf32=False):
+    """The array module (numpy or cupy) that holds a model's arrays on `device`. On the GPU,
+    each rank takes the device of its local rank (local_rank % device count), so one rank per
+    GPU needs no CUDA_VISIBLE_DEVICES; tf32 lets cuBLAS use TF32 for float32 products."""
     if device == "cpu":
         return np
-    if device == "gpu":
-        raise UserError("the GPU backend is not available yet in this version of nano2; "
-                        "use --device=cpu")
-    raise UserError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    if device != "gpu":
+        raise UserError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    if tf32:
+        os.environ["CUPY_TF32"] = "1"  # read when CuPy makes its cuBLAS handle
+    try:
+        import cupy
+    except ImportError:
+        raise UserError("--device=gpu needs CuPy: pip install -e '.[gpu]' (cupy-cuda12x), or cupy-cuda13x "
+                        "for CUDA 13") from None
+    if not cupy.cuda.is_available():
+        raise UserError("--device=gpu: CuPy sees no CUDA device on this machine; use --device=cpu")
+    from engine.comm import world
+    cupy.cuda.Device(world().local_rank % cupy.cuda.runtime.getDeviceCount()).use()
+    return cupy
 
 
 def array_module(x):

@@ -2,10 +2,14 @@
 
 Every faster implementation (Numba on the CPU, CUDA RawKernels on the GPU) is tested against
 these functions; they favour clarity over speed and materialise everything they need.
+LayerNorm and GELU take their array module from the data, so the GPU backend runs them as
+composed CuPy calls.
 """
 import math
 
 import numpy as np
+
+from engine.backend import array_module
 
 
 def causal_scores(q, k):
@@ -52,7 +56,7 @@ def layernorm_forward(x, w, b, eps=1e-5):
     Returns y and each row's mean and rstd, from which backward rebuilds x̂."""
     mean = x.mean(axis=-1, keepdims=True)
     centered = x - mean
-    rstd = 1.0 / np.sqrt((centered * centered).mean(axis=-1, keepdims=True) + eps)
+    rstd = 1.0 / array_module(x).sqrt((centered * centered).mean(axis=-1, keepdims=True) + eps)
     return centered * rstd * w + b, mean[..., 0], rstd[..., 0]
 
 
@@ -71,12 +75,12 @@ GELU_CUBIC = 0.044715
 
 def gelu_forward(x):
     """GPT-2's tanh approximation: ½ x (1 + tanh(√(2/π) (x + 0.044715 x³)))."""
-    return 0.5 * x * (1.0 + np.tanh(GELU_SCALE * (x + GELU_CUBIC * x * x * x)))
+    return 0.5 * x * (1.0 + array_module(x).tanh(GELU_SCALE * (x + GELU_CUBIC * x * x * x)))
 
 
 def gelu_backward(dy, x):
     """dy · (½ (1 + tanh u) + ½ x (1 - tanh² u) √(2/π) (1 + 3 · 0.044715 x²)), recomputing tanh u."""
-    tanh_u = np.tanh(GELU_SCALE * (x + GELU_CUBIC * x * x * x))
+    tanh_u = array_module(x).tanh(GELU_SCALE * (x + GELU_CUBIC * x * x * x))
     du_dx = GELU_SCALE * (1.0 + 3.0 * GELU_CUBIC * x * x)
     return dy * (0.5 * (1.0 + tanh_u) + 0.5 * x * (1.0 - tanh_u * tanh_u) * du_dx)
 
