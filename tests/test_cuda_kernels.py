@@ -27,7 +27,12 @@ CUPY_OPTIONS = ["-std=c++17", "-ftz=true"]  # CuPy adds the architecture; it com
 
 
 def test_every_source_is_checked():
-    assert [os.path.basename(s) for s in SOURCES] == sorted(NAME_EXPRESSIONS)
+    names = [os.path.basename(s) for s in SOURCES]
+    assert names == sorted(NAME_EXPRESSIONS)
+    for name in names:  # each kernel file has an emulator harness and a ThreadSanitizer run
+        stem = name[:-len(".cu")]
+        assert os.path.exists(os.path.join(emulator.HERE, f"{stem}_harness.cpp"))
+        assert os.path.exists(os.path.join(emulator.HERE, f"{stem}_tsan.cpp"))
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
@@ -135,16 +140,18 @@ def test_a_planted_error_is_caught(tmp_path):
     assert relative(lse, reference.softmax_xent_forward(logits, targets)[1]) > 1e-3
 
 
-def run_under_thread_sanitizer(source, tmp_path):
+def run_under_thread_sanitizer(source, harness, tmp_path):
     binary = tmp_path / "tsan"
     subprocess.run(["g++", "-std=c++20", "-O1", "-g", "-pthread", "-fsanitize=thread", f"-I{emulator.HERE}",
-                    f"-DKERNEL_SOURCE=\"{source}\"", os.path.join(emulator.HERE, "softmax_xent_tsan.cpp"),
-                    "-o", str(binary)], check=True, capture_output=True)
+                    f"-DKERNEL_SOURCE=\"{source}\"", os.path.join(emulator.HERE, harness), "-o", str(binary)],
+                   check=True, capture_output=True)
     return subprocess.run([str(binary)], capture_output=True, text=True, timeout=120)
 
 
-def test_thread_sanitizer_finds_no_race(tmp_path):
-    result = run_under_thread_sanitizer(SOFTMAX_XENT, tmp_path)
+@pytest.mark.parametrize("source, harness", [("softmax_xent.cu", "softmax_xent_tsan.cpp"),
+                                             ("attention.cu", "attention_tsan.cpp")])
+def test_thread_sanitizer_finds_no_race(source, harness, tmp_path):
+    result = run_under_thread_sanitizer(os.path.join(emulator.KERNELS, source), harness, tmp_path)
     assert result.returncode == 0 and "ThreadSanitizer" not in result.stderr, result.stderr[-3000:]
     assert result.stdout.strip() == "ok"
 
@@ -154,7 +161,7 @@ def test_thread_sanitizer_catches_a_missing_syncthreads(tmp_path):
     planted = tmp_path / "softmax_xent.cu"
     planted.write_text(source.replace("    __syncthreads();\n", "", 1))
     assert planted.read_text() != source
-    result = run_under_thread_sanitizer(str(planted), tmp_path)
+    result = run_under_thread_sanitizer(str(planted), "softmax_xent_tsan.cpp", tmp_path)
     assert "WARNING: ThreadSanitizer: data race" in result.stderr
 
 
