@@ -213,3 +213,17 @@ def test_emulated_attention_backward_passes_finite_differences(attention_library
     loss = lambda: float((emulated_attention(attention_library, q, k, v)[0] * dout).sum())  # noqa: E731
     for name, grad, x in (("dq", dq, q), ("dk", dk, k), ("dv", dv, v)):
         assert_grad_close(grad, loss, x, name)
+
+
+def test_a_deadlock_becomes_a_failure(tmp_path, capfd):
+    planted = tmp_path / "deadlock.cu"
+    planted.write_text(
+        "__global__ void planted_deadlock(float* x) {\n"
+        "    if (threadIdx.x == 0) __syncthreads();  // lane 0 waits for the block...\n"
+        "    float v = __shfl_xor_sync(0xffffffff, x[threadIdx.x], 1);  // ...which waits here for lane 0\n"
+        "    x[threadIdx.x] = v;\n"
+        "}\n")
+    library = emulator.build(str(planted), os.path.join(emulator.HERE, "deadlock_harness.cpp"))
+    x = np.arange(32, dtype=np.float32)
+    assert library.run(emulator.pointer(x)) == 1
+    assert "timed out" in capfd.readouterr().err
