@@ -1,19 +1,35 @@
-"""nano2_debug: look inside one step of backprop.
+"""nano2_debug: look inside one step of backprop, layer by layer.
 
-  state   one forward and backward on a seeded random batch, written as a safetensors debug
-          state (as llm.c's gpt2_124M_debug_state.bin): inputs, targets, logits, loss, every
-          parameter under its checkpoint name and every gradient as grad.<name>.
+  state      one forward and backward written as a safetensors debug state (as llm.c's
+             gpt2_124M_debug_state.bin): inputs, targets, logits, loss, parameters, grad.<name>
+  trace      every layer's forward then backward in execution order: each tensor's summary,
+             then each parameter's gradient norm and its ratio to the parameter's norm
+  check      each layer's backward against central differences in float64, on the inputs it
+             saw in this step; names the first layer that fails (exit 1)
+  step       stop at each layer (or at --break NAME:forward|backward) and inspect it
+  dump       write every recorded tensor to a safetensors file (one per rank under MPI)
+  diff A B   compare two dumps tensor by tensor; names the first layer where they part
+  nonfinite  the first layer whose output or gradient holds NaN or Inf, and its inputs
+
+The batch is seeded random tokens, or the first validation batch of a prepared folder (--data-dir).
 """
 import argparse
+import os
+import pdb
 import sys
 
 import numpy as np
 
+from engine import comm
 from engine.backend import to_numpy
-from engine.params import write_safetensors
+from engine.params import read_safetensors, write_safetensors
 from train.cli import ArgumentParser, parse_with_config, run_main
 from train.config import build_model, validate
-from train.gradcheck import random_batch
+from train.data import TokenData
+from train.gradcheck import random_batch, relative_error, sample_entries
+from train.tracing import Tracer, summary
+
+CHECK_TOLERANCE = 1e-6
 
 
 def write_state(model, cfg, idx, targets, path):
@@ -32,15 +48,279 @@ def write_state(model, cfg, idx, targets, path):
     return float(loss)
 
 
-def state_command(args, cfg):
+def setup(args, cfg, dtype=None):
+    """The model and this rank's batch: its rows of a seeded random batch, or of the first
+    validation batch of a prepared folder."""
     for key in ("batch_size", "seq_len", "seed", "dtype"):
-        if getattr(args, key) is not None:
+        if getattr(args, key, None) is not None:
             setattr(cfg, key, getattr(args, key))
     validate(cfg)
-    model = build_model(cfg)
-    rng = np.random.default_rng(cfg.seed)
-    idx, targets = random_batch(rng, cfg.batch_size, cfg.seq_len, cfg.vocab_size)
-    loss = write_state(model, cfg, model.xp.asarray(idx), model.xp.asarray(targets), args.out)
+    world = comm.world()
+    rows = cfg.batch_size * world.world_size
+    if getattr(args, "data_dir", None):
+        data = TokenData(args.data_dir)
+        data.check_fits(cfg.seq_len, cfg.vocab_size)
+        idx, targets = data.batch("val", cfg.seed, 0, rows, cfg.seq_len)
+    else:
+        idx, targets = random_batch(np.random.default_rng(cfg.seed), rows, cfg.seq_len, cfg.vocab_size)
+    mine = slice(world.rank * cfg.batch_size, (world.rank + 1) * cfg.batch_size)
+    model = build_model(cfg, dtype=dtype)
+    return model, model.xp.asarray(idx[mine]), model.xp.asarray(targets[mine])
+
+
+def traced_step(model, idx, targets, on_event=None):
+    """One forward and backward with every layer recorded; returns the tracer (restored)."""
+    tracer = Tracer(model, on_event)
+    try:
+        model.store.zero_grad()
+        model.forward(idx, targets)
+        model.backward()
+    finally:
+        tracer.restore()
+    return tracer
+
+
+def tensor_rows(event):
+    kinds = ("in", "out") if event.phase == "forward" else ("grad in", "grad out")
+    for kind, group in zip(kinds, (event.inputs, event.outputs)):
+        for k, array in enumerate(group):
+            yield f"{kind}{k}", summary(array)
+
+
+def format_summary(label, s):
+    shape = "x".join(map(str, s["shape"])) or "scalar"
+    return (f"{label:<9} {shape:>13} {s['mean']:>10.3e} {s['std']:>9.3e} {s['min']:>10.3e} {s['max']:>10.3e} "
+            f"{s['absmax']:>9.3e} {s['nonfinite']:>5}")
+
+
+SUMMARY_HEADER = f"{'tensor':<9} {'shape':>13} {'mean':>10} {'std':>9} {'min':>10} {'max':>10} {'max|x|':>9} {'nan/inf':>5}"
+
+
+def trace_command(args, cfg):
+    model, idx, targets = setup(args, cfg)
+    tracer = traced_step(model, idx, targets)
+    print(f"{'#':>3} {'layer':<22} {'phase':<8} {'ms':>7}  {SUMMARY_HEADER}")
+    for e in tracer.events:
+        for label, s in tensor_rows(e):
+            print(f"{e.index:>3} {e.name:<22} {e.phase:<8} {e.seconds * 1e3:>7.2f}  {format_summary(label, s)}")
+    print(f"\n{'parameter':<28} {'|grad|':>10} {'|param|':>10} {'|grad|/|param|':>14}")
+    for name in model.store.shapes:
+        g = float(np.linalg.norm(to_numpy(model.store.grads[name])))
+        p = float(np.linalg.norm(to_numpy(model.store.params[name])))
+        print(f"{name:<28} {g:>10.3e} {p:>10.3e} {g / p if p else float('inf'):>14.3e}")
+    return 0
+
+
+def layer_parameters(store, name, layer):
+    """The store names of the parameters a layer's backward writes: those under its name, and
+    any the layer holds by reference (the tied head holds tok_emb.weight)."""
+    held = [value for value in vars(layer).values() if hasattr(value, "shape")]
+    return [n for n, p in store.params.items() if n.startswith(name + ".") or any(p is h for h in held)]
+
+
+def check_layer(model, name, layer, inputs, upstream, n_samples, rng):
+    """[(tensor, relative error)] for one layer's backward against central differences of
+    L = Σ forward(inputs) · upstream, on sampled entries of its float inputs and parameters."""
+    store = model.store
+    saved = store.grad.copy()
+    store.zero_grad()
+    xp = model.xp
+    inputs = [xp.asarray(a) for a in inputs]
+    g = xp.asarray(upstream) if upstream is not None else 1.0
+    layer.forward(*inputs)
+    dx = layer.backward(g)
+    names = layer_parameters(store, name, layer)
+    analytic = {n: to_numpy(store.grads[n]).copy() for n in names}
+    store.grad[...] = saved
+
+    def loss():
+        return float((layer.forward(*inputs) * g).sum())
+
+    targets = [(f"{name} input", inputs[0], to_numpy(dx))] if dx is not None and inputs[0].dtype.kind == "f" else []
+    targets += [(n, store.params[n], analytic[n]) for n in names]
+    results = []
+    for label, array, grad in targets:
+        flat, grad = array.reshape(-1), np.asarray(grad, dtype=np.float64).ravel()
+        entries = sample_entries(grad, n_samples, rng)
+        numeric = np.empty(len(entries))
+        for n, j in enumerate(entries):
+            saved_value = flat[j].item()
+            flat[j] = saved_value + 1e-5
+            plus = loss()
+            flat[j] = saved_value - 1e-5
+            minus = loss()
+            flat[j] = saved_value
+            numeric[n] = (plus - minus) / 2e-5
+        results.append((label, relative_error(grad[entries], numeric)))
+    return results
+
+
+def check_command(args, cfg):
+    model, idx, targets = setup(args, cfg, dtype="float64")
+    tracer = traced_step(model, idx, targets)
+    last_forward = {}
+    rng = np.random.default_rng(0)
+    print(f"{'layer':<22} {'worst tensor':<30} {'rel err':>9}")
+    for e in tracer.events:
+        if e.phase == "forward":
+            last_forward[e.name] = e
+            continue
+        forward = last_forward[e.name]
+        if not forward.inputs:
+            continue
+        upstream = e.inputs[0] if e.inputs else None
+        results = check_layer(model, e.name, e.layer, forward.inputs[:1] + forward.inputs[1:], upstream,
+                              args.samples, rng)
+        if not results:
+            continue
+        label, err = max(results, key=lambda r: r[1])
+        failed = err > CHECK_TOLERANCE
+        print(f"{e.name:<22} {label:<30} {err:>9.2e}{'  FAIL' if failed else ''}")
+        if failed:
+            print(f"first failing backward: {e.name} ({label}: relative error {err:.2e} > {CHECK_TOLERANCE:g})")
+            return 1
+    print(f"every layer's backward agrees with central differences within {CHECK_TOLERANCE:g}")
+    return 0
+
+
+def nonfinite_command(args, cfg):
+    model, idx, targets = setup(args, cfg)
+    tracer = traced_step(model, idx, targets)
+    for e in tracer.events:
+        bad = [k for k, a in enumerate(e.outputs) if not np.isfinite(a).all()]
+        if bad:
+            print(f"first non-finite: {e.name} {e.phase} (event {e.index}), output {bad[0]}")
+            print(SUMMARY_HEADER)
+            for label, s in tensor_rows(e):
+                print(format_summary(label, s))
+            return 1
+    print("no NaN or Inf in any layer's output or gradient")
+    return 0
+
+
+def dump_path(path, world):
+    """Under MPI each rank writes its own file, its rank in the name."""
+    if world.world_size == 1:
+        return path
+    stem, extension = os.path.splitext(path)
+    return f"{stem}.rank{world.rank}{extension}"
+
+
+def dump_command(args, cfg):
+    model, idx, targets = setup(args, cfg)
+    tracer = traced_step(model, idx, targets)
+    tensors = {}
+    for e in tracer.events:
+        for kind, group in (("in", e.inputs), ("out", e.outputs)):
+            for k, array in enumerate(group):
+                tensors[f"{e.index:04d}/{e.name}/{e.phase}/{kind}{k}"] = array
+    tensors.update(model.store.state_tensors(with_grads=True))
+    world = comm.world()
+    path = dump_path(args.out, world)
+    write_safetensors(path, tensors, {"config": cfg.to_dict(), "rank": str(world.rank), "format": "nano2 dump"})
+    print(f"wrote {path}: {len(tracer.events)} layer calls, {len(tensors)} tensors")
+    return 0
+
+
+def diff_command(args):
+    a, _ = read_safetensors(args.a)
+    b, _ = read_safetensors(args.b)
+    recorded = sorted(k for k in a if "/" in k and k in b)
+    print(f"{'tensor':<48} {'max |a-b|':>10} {'rel diff':>9}")
+    first = None
+    for key in recorded + sorted(k for k in a if "/" not in k and k in b):
+        x, y = a[key].astype(np.float64), b[key].astype(np.float64)
+        if x.shape != y.shape:
+            print(f"{key:<48} shapes {x.shape} and {y.shape}")
+            first = first or key
+            continue
+        largest = float(np.abs(x - y).max()) if x.size else 0.0
+        rel = relative_error(x.ravel(), y.ravel())
+        if rel > args.tol or not np.array_equal(np.isfinite(x), np.isfinite(y)):
+            print(f"{key:<48} {largest:>10.3e} {rel:>9.2e}")
+            first = first or key
+    only = sorted(set(a) ^ set(b))
+    if only:
+        print(f"{len(only)} tensors are in only one file, e.g. {only[0]}")
+    if first is None and not only:
+        print(f"the dumps agree within {args.tol:g} relative")
+        return 0
+    if first is not None:
+        layer = first.split("/")[1] if "/" in first else first
+        print(f"first difference: {layer} ({first})")
+    return 1
+
+
+class Stepper:
+    """The interactive stop at each layer call (see `help` at the prompt)."""
+
+    HELP = ("n: next layer call | c [NAME[:PHASE]]: continue (to a layer) | b NAME:PHASE: breakpoint | "
+            "p TENSOR: print in0/out0/... | l: list breakpoints | pdb: debugger with layer, cache, inputs, outputs | "
+            "q: quit")
+
+    def __init__(self, breakpoints, stepping):
+        self.breakpoints = set(breakpoints)
+        self.stepping = stepping
+        self.run_to = None
+
+    def __call__(self, e):
+        here = {e.name, f"{e.name}:{e.phase}"}
+        if self.run_to and self.run_to in here:
+            self.run_to, self.stepping = None, True
+        if not (self.stepping or self.breakpoints & here):
+            return
+        print(f"[{e.index}] {e.name} {e.phase} ({e.seconds * 1e3:.2f} ms)")
+        print(SUMMARY_HEADER)
+        for label, s in tensor_rows(e):
+            print(format_summary(label, s))
+        self.prompt(e)
+
+    def prompt(self, e):
+        tensors = {f"in{k}": a for k, a in enumerate(e.inputs)} | {f"out{k}": a for k, a in enumerate(e.outputs)}
+        while True:
+            try:
+                line = input("(nano2) ").strip()
+            except EOFError:
+                self.stepping, self.breakpoints = False, set()
+                return
+            command, _, argument = line.partition(" ")
+            if command in ("n", "next", ""):
+                self.stepping = True
+                return
+            if command in ("c", "continue"):
+                self.stepping, self.run_to = False, argument or None
+                return
+            if command in ("b", "break"):
+                self.breakpoints.add(argument)
+                print(f"breakpoint at {argument}")
+            elif command == "l":
+                print(", ".join(sorted(self.breakpoints)) or "no breakpoints")
+            elif command in ("p", "print"):
+                if argument in tensors:
+                    print(np.array2string(tensors[argument], threshold=64, edgeitems=3, precision=4))
+                else:
+                    print(f"no tensor {argument!r} here; there are {', '.join(tensors) or 'none'}")
+            elif command == "pdb":
+                layer, cache, inputs, outputs = e.layer, getattr(e.layer, "cache", None), e.inputs, e.outputs
+                print("in scope: layer, cache, inputs, outputs")
+                pdb.Pdb().runcall(lambda: (layer, cache, inputs, outputs) and pdb.set_trace())
+            elif command in ("q", "quit"):
+                raise SystemExit(0)
+            else:
+                print(self.HELP)
+
+
+def step_command(args, cfg):
+    model, idx, targets = setup(args, cfg)
+    stepper = Stepper(args.breaks, stepping=not args.breaks)
+    traced_step(model, idx, targets, on_event=stepper)
+    print("step finished")
+    return 0
+
+
+def state_command(args, cfg):
+    model, idx, targets = setup(args, cfg)
+    loss = write_state(model, cfg, idx, targets, args.out)
     print(f"wrote {args.out}: loss {loss:.6f}, {len(model.store.shapes)} parameters and their "
           f"gradients, batch {cfg.batch_size} x {cfg.seq_len}, {cfg.dtype}")
     return 0
@@ -48,17 +328,43 @@ def state_command(args, cfg):
 
 def main(argv=None):
     parser = ArgumentParser(prog="nano2_debug", description=__doc__.splitlines()[0],
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+                            formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
-    state = commands.add_parser("state", help="write one step's inputs, logits, loss, parameters and gradients")
-    state.add_argument("--config", help="JSON config file (default: the built-in defaults)")
-    state.add_argument("--batch-size", type=int)
-    state.add_argument("--seq-len", type=int)
-    state.add_argument("--seed", type=int)
-    state.add_argument("--dtype", choices=["float32", "float64"])
-    state.add_argument("--out", required=True, help="the .safetensors file to write")
+
+    def add(name, help_text, batch=True):
+        sub = commands.add_parser(name, help=help_text)
+        if batch:
+            sub.add_argument("--config", help="JSON config file (default: the built-in defaults)")
+            sub.add_argument("--batch-size", type=int)
+            sub.add_argument("--seq-len", type=int)
+            sub.add_argument("--seed", type=int)
+            sub.add_argument("--dtype", choices=["float32", "float64"])
+            sub.add_argument("--data-dir", help="take the batch from this prepared folder's validation split")
+        return sub
+
+    add("state", "write one step's inputs, logits, loss, parameters and gradients").add_argument(
+        "--out", required=True, help="the .safetensors file to write")
+    add("trace", "every layer's tensors, in execution order")
+    add("check", "each layer's backward against finite differences").add_argument(
+        "--samples", type=int, default=4, help="entries checked per tensor")
+    add("step", "stop at each layer and inspect it").add_argument(
+        "--break", dest="breaks", action="append", default=[], metavar="NAME:PHASE",
+        help="stop only here (repeatable), e.g. blocks.2.attn:backward")
+    add("dump", "write every recorded tensor").add_argument("--out", required=True)
+    add("nonfinite", "the first layer that makes a NaN or Inf")
+    diff = add("diff", "compare two dumps", batch=False)
+    diff.add_argument("a")
+    diff.add_argument("b")
+    diff.add_argument("--tol", type=float, default=1e-5, help="largest relative difference that counts as equal")
+
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "diff":
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        return diff_command(args)
     args, cfg = parse_with_config(parser, argv)
-    return state_command(args, cfg)
+    return {"state": state_command, "trace": trace_command, "check": check_command, "step": step_command,
+            "dump": dump_command, "nonfinite": nonfinite_command}[args.command](args, cfg)
 
 
 def entry():

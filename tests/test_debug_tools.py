@@ -1,0 +1,127 @@
+"""nano2_debug trace / check / step / dump / diff / nonfinite: each must point at the right layer."""
+import io
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from engine.params import read_safetensors, write_safetensors
+from train import debug
+from train.cli import run_main
+
+SMALL = ["--config", "configs/tiny.json", "--n_layer=2", "--batch-size", "2", "--seq-len", "8"]
+MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+
+
+def run(argv, capsys):
+    capsys.readouterr()
+    try:
+        status = run_main(lambda: debug.main(argv), "nano2_debug")
+    except SystemExit as e:
+        status = e.code
+    out = capsys.readouterr()
+    return status, out.out, out.err
+
+
+def test_trace_lists_every_layer_in_execution_order(capsys):
+    status, out, _ = run(["trace", *SMALL], capsys)
+    assert status == 0
+    rows = [line.split()[1:3] for line in out.splitlines()[1:] if line[:3].strip().isdigit()]
+    order = list(dict.fromkeys(tuple(r) for r in rows))
+    assert order[0] == ("tok_emb", "forward") and order[-1] == ("tok_emb", "backward")
+    assert order.index(("blocks.1.ffn.gelu", "forward")) < order.index(("xent", "forward"))
+    assert order.index(("blocks.1.ffn.gelu", "backward")) < order.index(("blocks.0.ffn.gelu", "backward"))
+    assert "blocks.1.attn.qkv.weight" in out and "|grad|/|param|" in out
+
+
+def test_check_passes_on_the_model(capsys):
+    status, out, _ = run(["check", *SMALL], capsys)
+    assert status == 0 and "agrees with central differences" in out
+
+
+def test_check_names_a_planted_wrong_backward_and_no_earlier_layer(monkeypatch, capsys):
+    import layers.ffn
+    correct = layers.ffn.gelu_backward
+    monkeypatch.setattr(layers.ffn, "gelu_backward", lambda dy, x: correct(dy, x) * 1.01)
+    status, out, _ = run(["check", *SMALL], capsys)
+    assert status == 1
+    assert "first failing backward: blocks.1.ffn.gelu" in out
+    failing = [line.split()[0] for line in out.splitlines() if line.endswith("FAIL")]
+    assert failing == ["blocks.1.ffn.gelu"], "a layer checked before it was wrongly blamed"
+
+
+def test_nonfinite_names_the_layer_that_made_the_nan(monkeypatch, capsys):
+    import layers.attention
+    real = layers.attention.causal_attention_forward
+    calls = []
+
+    def nan_in_the_second_block(qkv, n_head):
+        y, cache = real(qkv, n_head)
+        calls.append(1)
+        if len(calls) == 2:
+            y = y.copy()
+            y[0, 3, 5] = np.nan
+        return y, cache
+
+    monkeypatch.setattr(layers.attention, "causal_attention_forward", nan_in_the_second_block)
+    status, out, _ = run(["nonfinite", *SMALL], capsys)
+    assert status == 1
+    assert "first non-finite: blocks.1.attn.proj forward" in out  # the NaN enters here, made inside attn
+    assert "in0" in out
+
+
+def test_nonfinite_reports_a_clean_step(capsys):
+    status, out, _ = run(["nonfinite", *SMALL], capsys)
+    assert status == 0 and "no NaN or Inf" in out
+
+
+def test_diff_names_the_layer_of_a_changed_tensor(tmp_path, capsys):
+    a, b = str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors")
+    assert run(["dump", *SMALL, "--out", a], capsys)[0] == 0
+    assert run(["dump", *SMALL, "--out", b], capsys)[0] == 0
+    status, out, _ = run(["diff", a, b], capsys)
+    assert status == 0 and "agree" in out
+    tensors, metadata = read_safetensors(b)
+    key = next(k for k in sorted(tensors) if "/blocks.0.ffn.fc/forward/out0" in k)
+    tensors[key] = tensors[key] * 1.001
+    write_safetensors(b, tensors, metadata)
+    status, out, _ = run(["diff", a, b], capsys)
+    assert status == 1
+    assert out.strip().splitlines()[-1] == f"first difference: blocks.0.ffn.fc ({key})"
+
+
+def test_step_follows_scripted_commands(monkeypatch, capsys):
+    script = "n\np out0\np nothing\nb blocks.0.attn:backward\nc\np in0\nc\n"
+    monkeypatch.setattr(sys, "stdin", io.StringIO(script))
+    status, out, _ = run(["step", *SMALL], capsys)
+    assert status == 0
+    out = out.replace("(nano2) ", "\n")  # the prompt has no newline of its own
+    stops = [line for line in out.splitlines() if re.match(r"\[\d+\] ", line)]
+    assert stops[0].startswith("[0] tok_emb forward") and stops[1].startswith("[1] pos forward")
+    assert stops[2].split()[1:3] == ["blocks.0.attn", "backward"] and len(stops) == 3
+    assert "no tensor 'nothing' here" in out and "breakpoint at blocks.0.attn:backward" in out
+    assert out.strip().endswith("step finished")
+
+
+def test_step_from_a_script_with_break():
+    result = subprocess.run([sys.executable, "-c", "from train.debug import entry; entry()", "step", *SMALL,
+                             "--break", "blocks.1.ln2:backward"], input="p in0\nq\n", capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "blocks.1.ln2 backward" in result.stdout and "[[[" in result.stdout
+    assert "step finished" not in result.stdout, "q quits"
+
+
+@pytest.mark.skipif(not os.path.exists(MPIEXEC), reason="no mpiexec next to this Python")
+def test_dump_under_mpi_writes_one_file_per_rank(tmp_path, capsys):
+    out = str(tmp_path / "dump.safetensors")
+    result = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-c", "from train.debug import entry; entry()",
+                             "dump", *SMALL, "--out", out], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    ranks = [str(tmp_path / f"dump.rank{r}.safetensors") for r in (0, 1)]
+    assert all(os.path.exists(p) for p in ranks)
+    status, text, _ = run(["diff", *ranks], capsys)
+    assert status == 1 and "first difference: tok_emb" in text  # each rank has its own rows
