@@ -169,8 +169,7 @@ def check_command(args, cfg):
         if not forward.inputs:
             continue
         upstream = e.inputs[0] if e.inputs else None
-        results = check_layer(model, e.name, e.layer, forward.inputs[:1] + forward.inputs[1:], upstream,
-                              args.samples, rng)
+        results = check_layer(model, e.name, e.layer, forward.inputs, upstream, args.samples, rng)
         if not results:
             continue
         label, err = max(results, key=lambda r: r[1])
@@ -301,9 +300,9 @@ class Stepper:
                 else:
                     print(f"no tensor {argument!r} here; there are {', '.join(tensors) or 'none'}")
             elif command == "pdb":
-                layer, cache, inputs, outputs = e.layer, getattr(e.layer, "cache", None), e.inputs, e.outputs
+                layer, cache, inputs, outputs = e.layer, getattr(e.layer, "cache", None), e.inputs, e.outputs  # noqa: F841
                 print("in scope: layer, cache, inputs, outputs")
-                pdb.Pdb().runcall(lambda: (layer, cache, inputs, outputs) and pdb.set_trace())
+                pdb.set_trace()
             elif command in ("q", "quit"):
                 raise SystemExit(0)
             else:
