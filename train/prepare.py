@@ -14,6 +14,7 @@ import tempfile
 import numpy as np
 from tqdm import tqdm
 
+from engine import comm
 from train.cli import ArgumentParser, parse_with_config, run_main
 from train.data import data_dir_for, open_source, task_texts
 from train.tokenizer import get_tokenizer
@@ -108,7 +109,10 @@ def main(argv=None):
     args, cfg = parse_with_config(parser, argv)
     if args.workers is not None and args.workers <= 0:
         parser.error("--workers must be positive")
-    prepare(cfg, args.workers)
+    world = comm.world()
+    if world.is_root:  # under mpirun, one rank prepares and the others wait for it
+        prepare(cfg, args.workers)
+    world.barrier()
     return 0
 
 

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 
+from engine import comm
 from engine.backend import to_numpy
 from engine.errors import UserError
 from engine.params import read_safetensors
@@ -78,6 +79,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.max_new_tokens < 0 or args.temperature < 0 or args.top_k < 0 or args.num_samples < 1:
         parser.error("--max-new-tokens, --temperature and --top-k must not be negative; --num-samples >= 1")
+    if not comm.world().is_root:
+        return 0  # under mpirun, rank 0 alone samples (the others would print the same text)
     model, cfg = load_model(args.ckpt, args.device)
     tokenizer = get_tokenizer(cfg.tokenizer)
     prompt = [tokenizer.eot] + tokenizer.encode(args.prompt).tolist()
