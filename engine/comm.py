@@ -186,12 +186,11 @@ def bucket_slices(store):
     """{layer name: (start, stop)} of the flat buffer, one bucket per block, plus ln_f and
     tok_emb: each a contiguous range, since the store lays parameters out in that order."""
     buckets = {}
-    for name, shape in store.shapes.items():
+    for name in store.shapes:
         owner = ".".join(name.split(".")[:2]) if name.startswith("blocks.") else name.split(".")[0]
-        start = store.offsets[name]
-        stop = start + int(np.prod(shape))
-        first, _ = buckets.get(owner, (start, stop))
-        buckets[owner] = (first, stop)
+        span = store.span(name)
+        first, _ = buckets.get(owner, (span.start, span.stop))
+        buckets[owner] = (first, span.stop)
     return buckets
 
 

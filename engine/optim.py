@@ -4,6 +4,8 @@ The moments are two more flat buffers beside the parameters, so the update is on
 over four arrays. Weight decay applies to matrices and the embedding only (every tensor of
 two or more dimensions), never to LayerNorm weights or biases, as in nanoGPT and GPT-2.
 """
+import math
+
 import numpy as np
 
 from engine import kernels
@@ -19,8 +21,7 @@ class AdamW:
         self.decay = xp.zeros(store.numel, dtype=np.uint8)
         for name, shape in store.shapes.items():
             if len(shape) >= 2:
-                start = store.offsets[name]
-                self.decay[start:start + int(np.prod(shape))] = 1
+                self.decay[store.span(name)] = 1
         self.step_count = 0
 
     def step(self, lr):
@@ -31,24 +32,21 @@ class AdamW:
     def state_tensors(self):
         """The moments as safetensors entries, under adam_m.<name> / adam_v.<name>."""
         tensors = {}
-        for name, shape in self.store.shapes.items():
-            start, size = self.store.offsets[name], int(np.prod(shape))
-            tensors[f"adam_m.{name}"] = self.m[start:start + size].reshape(shape)
-            tensors[f"adam_v.{name}"] = self.v[start:start + size].reshape(shape)
+        for name in self.store.shapes:
+            tensors[f"adam_m.{name}"] = self.store.view(self.m, name)
+            tensors[f"adam_v.{name}"] = self.store.view(self.v, name)
         return tensors
 
     def load_state_tensors(self, tensors, step_count):
-        for name, shape in self.store.shapes.items():
-            start, size = self.store.offsets[name], int(np.prod(shape))
-            self.m[start:start + size] = self.store.xp.asarray(tensors[f"adam_m.{name}"]).ravel()
-            self.v[start:start + size] = self.store.xp.asarray(tensors[f"adam_v.{name}"]).ravel()
+        for name in self.store.shapes:
+            self.store.view(self.m, name)[...] = self.store.xp.asarray(tensors[f"adam_m.{name}"])
+            self.store.view(self.v, name)[...] = self.store.xp.asarray(tensors[f"adam_v.{name}"])
         self.step_count = step_count
 
 
 def grad_norm(store):
     """The global L2 norm of every gradient, accumulated in float64."""
-    g = store.grad
-    return float(store.xp.sqrt(store.xp.dot(g.astype(np.float64), g.astype(np.float64))))
+    return math.sqrt(kernels.sum_of_squares(store.grad))
 
 
 def clip_grad_norm(store, max_norm):

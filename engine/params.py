@@ -26,16 +26,19 @@ class ParameterStore:
         self.numel = sum(sizes)
         self.data = xp.zeros(self.numel, dtype=dtype)
         self.grad = xp.zeros(self.numel, dtype=dtype)
-        self.params, self.grads, self.offsets = {}, {}, {}
-        offset = 0
-        for (name, shape), size in zip(shapes, sizes):
-            self.offsets[name] = offset
-            self.params[name] = self.data[offset:offset + size].reshape(shape)
-            self.grads[name] = self.grad[offset:offset + size].reshape(shape)
-            offset += size
+        self.offsets = dict(zip(self.shapes, np.cumsum([0] + sizes[:-1]).tolist()))
+        self.params = {name: self.view(self.data, name) for name in self.shapes}
+        self.grads = {name: self.view(self.grad, name) for name in self.shapes}
 
-    def names(self):
-        return list(self.shapes)
+    def span(self, name):
+        """Where parameter `name` lies in the flat buffers."""
+        start = self.offsets[name]
+        return slice(start, start + math.prod(self.shapes[name]))
+
+    def view(self, flat, name):
+        """Parameter `name`'s part of any buffer laid out like the store's (gradients, AdamW
+        moments), in the parameter's shape."""
+        return flat[self.span(name)].reshape(self.shapes[name])
 
     def zero_grad(self):
         self.grad.fill(0)

@@ -92,3 +92,10 @@ def test_nan_still_reaches_the_output():
     y, _, _ = cpu.layernorm_forward(x, np.ones(8, np.float32), np.zeros(8, np.float32))
     assert np.isnan(y[1]).all() and np.isfinite(y[0]).all()
     assert np.isnan(cpu.gelu_forward(x)[1, 3])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("size", [1, 7, 100_003])
+def test_sum_of_squares(dtype, size):
+    x = random(np.random.default_rng(size), (size,), dtype)
+    assert_close(cpu.sum_of_squares(x), reference.sum_of_squares(x), dtype)

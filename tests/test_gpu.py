@@ -84,3 +84,8 @@ def test_gpu_timing_commands(prog, iterations, capsys):
     assert timing.main(["--config", "configs/tiny.json", "--json", iterations], prog=prog) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["tokens_per_s"] > 0
+
+
+def test_sum_of_squares_kernel():
+    x = np.random.default_rng(4).standard_normal(100_003).astype(np.float32)
+    assert gpu.sum_of_squares(cp.asarray(x)) == pytest.approx(reference.sum_of_squares(x), rel=1e-6)

@@ -200,3 +200,14 @@ def test_wandb_offline_logging(small_args, tmp_path, monkeypatch):
     assert run_train(small_args + ["--max_steps=2", "--eval_interval=2", "--wandb=true"]) == 0
     offline_runs = [d for d in os.listdir(tmp_path / "run" / "wandb") if d.startswith("offline-run-")]
     assert len(offline_runs) == 1
+
+
+def test_checkpoint_without_usable_adamw_state_is_refused(small_args, tmp_path, capsys):
+    assert run_train(small_args + ["--max_steps=2", "--eval_interval=2"]) == 0
+    path = tmp_path / "run" / "ckpt-0000002.safetensors"
+    tensors, metadata = read_safetensors(path)
+    tensors["adam_v.ln_f.bias"] = tensors["adam_v.ln_f.bias"][:3]
+    from engine.params import write_safetensors
+    write_safetensors(path, tensors, metadata)
+    status, err = run_train(small_args + ["--max_steps=4", "--resume"], capsys)
+    assert status == 2 and "no usable AdamW state for ln_f.bias" in err

@@ -60,9 +60,11 @@ def load_checkpoint(path, model, optimizer, cfg):
     tensors, metadata = read_checkpoint(path, cfg)
     model.store.load_tensors(tensors, path)
     if optimizer is not None:
-        missing = [n for n in model.store.shapes if f"adam_m.{n}" not in tensors or f"adam_v.{n}" not in tensors]
-        if missing:
-            raise UserError(f"{path} has no AdamW state for {missing[0]}; it cannot resume training")
+        unusable = [n for n, shape in model.store.shapes.items()
+                    if any(tuple(getattr(tensors.get(f"{moment}.{n}"), "shape", ())) != tuple(shape)
+                           for moment in ("adam_m", "adam_v"))]
+        if unusable:
+            raise UserError(f"{path} has no usable AdamW state for {unusable[0]}; it cannot resume training")
         optimizer.load_state_tensors(tensors, metadata["step"])
     return metadata
 

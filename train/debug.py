@@ -22,11 +22,12 @@ import numpy as np
 
 from engine import comm
 from engine.backend import to_numpy
+from engine.errors import UserError
 from engine.params import read_safetensors, write_safetensors
 from train.cli import ArgumentParser, parse_with_config, run_main
 from train.config import build_model, validate
 from train.data import TokenData
-from train.gradcheck import random_batch, relative_error, sample_entries
+from train.gradcheck import EPS, central_differences, random_batch, relative_error, sample_entries
 from train.tracing import Tracer, summary
 
 CHECK_TOLERANCE = 1e-6
@@ -134,7 +135,7 @@ def check_layer(model, name, layer, inputs, upstream, n_samples, rng):
     store.grad[...] = saved
 
     def loss():
-        return float((layer.forward(*inputs) * g).sum())
+        return (layer.forward(*inputs) * g).sum()
 
     targets = [(f"{name} input", inputs[0], to_numpy(dx))] if dx is not None and inputs[0].dtype.kind == "f" else []
     targets += [(n, store.params[n], analytic[n]) for n in names]
@@ -142,20 +143,14 @@ def check_layer(model, name, layer, inputs, upstream, n_samples, rng):
     for label, array, grad in targets:
         flat, grad = array.reshape(-1), np.asarray(grad, dtype=np.float64).ravel()
         entries = sample_entries(grad, n_samples, rng)
-        numeric = np.empty(len(entries))
-        for n, j in enumerate(entries):
-            saved_value = flat[j].item()
-            flat[j] = saved_value + 1e-5
-            plus = loss()
-            flat[j] = saved_value - 1e-5
-            minus = loss()
-            flat[j] = saved_value
-            numeric[n] = (plus - minus) / 2e-5
+        numeric = central_differences(loss, flat, entries, EPS)
         results.append((label, relative_error(grad[entries], numeric)))
     return results
 
 
 def check_command(args, cfg):
+    if args.samples <= 0:
+        raise UserError("--samples must be positive")
     model, idx, targets = setup(args, cfg, dtype="float64")
     tracer = traced_step(model, idx, targets)
     last_forward = {}

@@ -40,6 +40,21 @@ def sample_entries(grad, n_samples, rng):
     return np.concatenate([largest, rng.choice(rest, n_samples - largest.size, replace=False)])
 
 
+def central_differences(loss, flat, entries, eps):
+    """(loss(x + eps) - loss(x - eps)) / 2 eps for each entry of `flat` (a view of the tensor that
+    loss() reads), perturbed one at a time and restored."""
+    numeric = np.empty(len(entries))
+    for n, j in enumerate(entries):
+        saved = flat[j].item()
+        flat[j] = saved + eps
+        plus = float(loss())
+        flat[j] = saved - eps
+        minus = float(loss())
+        flat[j] = saved
+        numeric[n] = (plus - minus) / (2 * eps)
+    return numeric
+
+
 def relative_error(analytic, numeric):
     scale = max(np.linalg.norm(analytic), np.linalg.norm(numeric))
     return 0.0 if scale == 0.0 else float(np.linalg.norm(analytic - numeric) / scale)
@@ -57,15 +72,7 @@ def check_model(model, model64, idx, targets, n_samples, eps, rng):
         param = model64.store.params[name].reshape(-1)
         analytic = to_numpy(model.store.grads[name]).ravel().astype(np.float64)
         entries = sample_entries(analytic, n_samples, rng)
-        numeric = np.empty(len(entries))
-        for n, j in enumerate(entries):
-            saved = param[j].item()
-            param[j] = saved + eps
-            loss_plus = float(model64.forward(idx, targets)[1])
-            param[j] = saved - eps
-            loss_minus = float(model64.forward(idx, targets)[1])
-            param[j] = saved
-            numeric[n] = (loss_plus - loss_minus) / (2 * eps)
+        numeric = central_differences(lambda: model64.forward(idx, targets)[1], param, entries, eps)
         a = analytic[entries]
         rows.append((name, shape, len(entries), np.linalg.norm(a), np.linalg.norm(numeric),
                      relative_error(a, numeric)))

@@ -49,5 +49,9 @@ def embedding_backward(dy, idx, vocab_size, scale):
     return backend(dy).embedding_backward(dy, idx, vocab_size, scale)
 
 
+def sum_of_squares(x):
+    return float(backend(x).sum_of_squares(x))
+
+
 def adamw_step(param, grad, m, v, decay, lr, beta1, beta2, eps, weight_decay, step):
     backend(param).adamw_step(param, grad, m, v, decay, lr, beta1, beta2, eps, weight_decay, step)

@@ -321,6 +321,15 @@ def embedding_backward(dy, idx, vocab_size, scale):
     return dw
 
 
+@numba.njit(parallel=True, cache=True, fastmath=FAST)
+def sum_of_squares(x):
+    """reference.sum_of_squares in one pass, with no float64 copy of the buffer."""
+    total = 0.0
+    for i in prange(x.size):
+        total += np.float64(x[i]) * np.float64(x[i])
+    return total
+
+
 # ---- AdamW -----------------------------------------------------------------------------------
 
 @numba.njit(parallel=True, cache=True)

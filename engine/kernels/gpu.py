@@ -89,6 +89,15 @@ def embedding_backward(dy, idx, vocab_size, scale):
     return dw
 
 
+_sum_of_squares = cp.ReductionKernel("T x", "float64 total", "(double)x * (double)x", "a + b", "total = a", "0",
+                                      "nano2_sum_of_squares")
+
+
+def sum_of_squares(x):
+    """reference.sum_of_squares, reduced on the device in float64 without a float64 copy."""
+    return float(_sum_of_squares(x))
+
+
 _adamw = cp.ElementwiseKernel(
     "T grad, uint8 decay, float64 lr, float64 beta1, float64 beta2, float64 eps, float64 weight_decay, "
     "float64 bias1, float64 bias2_sqrt",

@@ -111,6 +111,12 @@ def softmax_xent_backward(dlosses, logits, lse, targets):
     return dlogits * dlosses[:, None]
 
 
+def sum_of_squares(x):
+    """Σ x², accumulated in float64: the square of the global gradient norm."""
+    x = x.astype(np.float64)
+    return float(np.dot(x, x))
+
+
 def adamw_step(param, grad, m, v, decay, lr, beta1, beta2, eps, weight_decay, step):
     """One AdamW update in place (Loshchilov & Hutter; PyTorch's order of operations).
 
