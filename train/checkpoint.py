@@ -8,6 +8,7 @@ also the data position and the random state, and a resumed run continues bit for
 import glob
 import os
 import re
+import shutil
 
 from engine.errors import UserError
 from engine.params import read_safetensors, write_safetensors
@@ -34,6 +35,20 @@ def save_checkpoint(path, model, optimizer, cfg, state):
     tensors = model.store.state_tensors()
     tensors.update(optimizer.state_tensors())
     write_safetensors(path, tensors, {"format": FORMAT, "config": cfg.to_dict(), **state})
+
+
+def mark_best(path, out_dir):
+    """Make best.safetensors a second name for the checkpoint just written (a hard link, swapped in
+    atomically), instead of serialising the same state twice; a plain copy where links fail."""
+    best = os.path.join(out_dir, "best.safetensors")
+    tmp = best + ".tmp"
+    if os.path.exists(tmp):
+        os.remove(tmp)
+    try:
+        os.link(path, tmp)
+    except OSError:
+        shutil.copyfile(path, tmp)
+    os.replace(tmp, best)
 
 
 def keep_last(out_dir, k):

@@ -21,7 +21,7 @@ from engine.errors import UserError
 from engine.flops import measure_matmul_flops, training_flops_per_token
 from engine.optim import AdamW, clip_grad_norm
 from engine.threads import set_threads, threads_per_rank
-from train.checkpoint import (checkpoint_path, keep_last, latest_checkpoint, load_checkpoint,
+from train.checkpoint import (checkpoint_path, keep_last, latest_checkpoint, load_checkpoint, mark_best,
                               save_checkpoint, step_checkpoints)
 from train.cli import ArgumentParser, parse_with_config, run_main
 from train.config import build_model
@@ -209,7 +209,7 @@ def train(cfg, resume=None):
             save_checkpoint(last_good, model, optimizer, cfg, state)
             keep_last(cfg.out_dir, cfg.keep_checkpoints)
             if val_loss == best_val_loss:
-                save_checkpoint(os.path.join(cfg.out_dir, "best.safetensors"), model, optimizer, cfg, state)
+                mark_best(last_good, cfg.out_dir)
         return val_loss
 
     if start == 0:
