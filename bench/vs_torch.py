@@ -264,9 +264,8 @@ def main():
 
     from importlib.metadata import version
 
-    from engine.flops import training_flops_per_token
+    from engine.flops import forward_flops_per_token, training_flops_per_token
     from train.config import load_config
-    from train.timing import forward_flops_per_token
     cfg = load_config(args.config)
     cfg.seq_len = max(cfg.seq_len, args.seq_len)
     tiny = load_config(None, ["--n_layer=1", "--d_model=32", "--n_head=2", "--d_ff=64", "--seq_len=16",

@@ -10,6 +10,12 @@ def training_flops_per_token(n_params, n_layer, d_model, seq_len):
     return 6 * n_params + 12 * n_layer * seq_len * d_model
 
 
+def forward_flops_per_token(n_params, n_layer, d_model, seq_len):
+    """The forward third of training_flops_per_token: 2 per parameter plus attention's q·k and
+    p·v products, 4 · L · T · d."""
+    return 2 * n_params + 4 * n_layer * seq_len * d_model
+
+
 def measure_matmul_flops(xp=np, dtype=np.float32, n=1024, seconds=0.3):
     """The best FLOP/s of an n×n matrix product over about `seconds`: the peak MFU is taken
     against, measured on the spot since it depends on the machine and its thread count."""

@@ -19,7 +19,7 @@ import numpy as np
 from engine import comm
 from engine.comm import GradientAllreduce
 from engine.errors import UserError
-from engine.flops import measure_matmul_flops, training_flops_per_token
+from engine.flops import forward_flops_per_token, measure_matmul_flops, training_flops_per_token
 from engine.threads import set_threads, threads_per_rank
 from train.cli import ArgumentParser, parse_with_config, run_main
 from train.config import build_model
@@ -45,12 +45,6 @@ MATMUL_KINDS = ("linear qkv", "linear attn.proj", "linear fc", "linear ffn.proj"
 ROW_ORDER = ("embedding", "positions", "layernorm", "attention core", "linear qkv", "linear attn.proj",
              "linear fc", "gelu", "linear ffn.proj", "head (tied)", "cross-entropy")
 MODEL = "(model)"  # the profiler's key for the Decoder's own forward and backward
-
-
-def forward_flops_per_token(n_params, n_layer, d_model, seq_len):
-    """The forward third of training_flops_per_token: 2 per parameter plus attention's q·k and
-    p·v products, 4 · L · T · d."""
-    return 2 * n_params + 4 * n_layer * seq_len * d_model
 
 
 def synchronize(xp):
