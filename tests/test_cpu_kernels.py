@@ -23,7 +23,8 @@ def random(rng, shape, dtype, scale=1.0):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(1, 1, 1, 8), (2, 3, 37, 16), (1, 2, 64, 32), (1, 1, 130, 64), (2, 1, 200, 24)])
+@pytest.mark.parametrize("shape", [(1, 1, 1, 8), (2, 3, 37, 16), (1, 2, 64, 32), (1, 1, 130, 64), (2, 1, 200, 24),
+                                   (2, 3, 300, 64), (1, 2, 260, 128)])  # the last two: batched BLAS, ragged
 def test_attention(dtype, shape):
     rng = np.random.default_rng(sum(shape))
     q, k, v, dout = (random(rng, shape, dtype) for _ in range(4))

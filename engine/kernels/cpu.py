@@ -13,6 +13,8 @@ import numba
 import numpy as np
 from numba import prange
 
+from engine.kernels import blas
+
 # Numba's default threading layer (OpenMP) fights OpenBLAS's spinning workers for the same
 # cores: a forward+backward of configs/nano2.json took 1.9x PyTorch's time with it and 0.92x
 # with Numba's own `workqueue` layer (bench/vs_torch.py, 2 threads). It must be chosen before
@@ -34,11 +36,21 @@ def chunks_for(rows):
 #
 # Query rows are taken `block` at a time; rows i0..i1-1 only see keys 0..i1-1, so each block's
 # products stop at i1 and the masked upper triangle is (mostly) never computed. Only the
-# diagonal block needs the mask, which the softmax loops apply by their bounds.
+# diagonal block needs the mask, which the softmax loops apply by their bounds. Each block's
+# products run over all B·H heads in one batched BLAS call (engine/kernels/blas.py).
 
-def query_block(T):
-    """Rows per block: 64 was fastest at T = 128..1024 here (32 wastes less on the mask but makes
-    twice the small BLAS calls; 128 wastes more)."""
+def query_block(T, hd):
+    """Rows per block. With OpenBLAS's batched products: the fewest rows (a multiple of 64)
+    whose smallest product, block² · hd, is past the batch call's small-matrix limit, if that
+    leaves at least two blocks; 128 for head size 64. Otherwise 64, which was fastest here
+    with np.matmul at T = 128..1024 (32 wastes less on the mask but makes twice the small
+    BLAS calls; 128 wastes more)."""
+    if blas.BATCH_GEMM:
+        block = 64
+        while block * block * hd <= blas.SMALL_MATRIX_LIMIT:
+            block += 64
+        if 2 * block <= T:
+            return block
     return 64
 
 
@@ -107,18 +119,18 @@ def attention_forward(q, k, v):
     scale = 1.0 / math.sqrt(hd)
     out = np.empty_like(q3)
     lse = np.empty((B * H, T), dtype=q.dtype)
-    block = query_block(T)
+    block = query_block(T, hd)
     workspace = np.empty(B * H * block * T, dtype=q.dtype)
     for i0 in range(0, T, block):
         i1 = min(i0 + block, T)
         scores = workspace[:B * H * (i1 - i0) * i1].reshape(B * H, i1 - i0, i1)
-        np.matmul(q3[:, i0:i1], k3[:, :i1].transpose(0, 2, 1), out=scores)
+        blas.batched_matmul(q3[:, i0:i1], k3[:, :i1].transpose(0, 2, 1), scores)
         row_lse = lse[:, i0:i1]
         row_lse[...] = np.nan
         shift_causal_rows(scores, i0, scale, row_lse)
         np.exp(scores, out=scores)
         normalize_rows(scores, row_lse)
-        np.matmul(scores, v3[:, :i1], out=out[:, i0:i1])
+        blas.batched_matmul(scores, v3[:, :i1], out[:, i0:i1])
     return out.reshape(B, H, T, hd), lse.reshape(B, H, T)
 
 
@@ -133,26 +145,22 @@ def attention_backward(dout, q, k, v, out, lse):
     dq = np.empty_like(q3)
     dk = np.zeros_like(k3)
     dv = np.zeros_like(v3)
-    block = query_block(T)
+    block = query_block(T, hd)
     probs_space = np.empty(B * H * block * T, dtype=q.dtype)
     dprobs_space = np.empty(B * H * block * T, dtype=q.dtype)
-    partial = np.empty(B * H * T * hd, dtype=q.dtype)
     for i0 in range(0, T, block):
         i1 = min(i0 + block, T)
         shape = (B * H, i1 - i0, i1)
         probs = probs_space[:math.prod(shape)].reshape(shape)
         dprobs = dprobs_space[:math.prod(shape)].reshape(shape)
-        keys_partial = partial[:B * H * i1 * hd].reshape(B * H, i1, hd)
-        np.matmul(q3[:, i0:i1], k3[:, :i1].transpose(0, 2, 1), out=probs)
+        blas.batched_matmul(q3[:, i0:i1], k3[:, :i1].transpose(0, 2, 1), probs)
         shift_causal_rows(probs, i0, scale, lse2[:, i0:i1])
         np.exp(probs, out=probs)
-        np.matmul(probs.transpose(0, 2, 1), do3[:, i0:i1], out=keys_partial)
-        dv[:, :i1] += keys_partial
-        np.matmul(do3[:, i0:i1], v3[:, :i1].transpose(0, 2, 1), out=dprobs)
+        blas.batched_matmul(probs.transpose(0, 2, 1), do3[:, i0:i1], dv[:, :i1], accumulate=True)
+        blas.batched_matmul(do3[:, i0:i1], v3[:, :i1].transpose(0, 2, 1), dprobs)
         softmax_grad_rows(probs, dprobs, row_dot[:, i0:i1], scale)
-        np.matmul(dprobs, k3[:, :i1], out=dq[:, i0:i1])
-        np.matmul(dprobs.transpose(0, 2, 1), q3[:, i0:i1], out=keys_partial)
-        dk[:, :i1] += keys_partial
+        blas.batched_matmul(dprobs, k3[:, :i1], dq[:, i0:i1])
+        blas.batched_matmul(dprobs.transpose(0, 2, 1), q3[:, i0:i1], dk[:, :i1], accumulate=True)
     return tuple(a.reshape(B, H, T, hd) for a in (dq, dk, dv))
 
 
