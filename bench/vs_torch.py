@@ -26,6 +26,13 @@ the timing minus that baseline: what the parameters, gradients, activations and 
 this model and batch held at their highest. (ru_maxrss would include the import-time peak and,
 after fork and exec, can report the parent's size, so it cannot be reset this way.)
 
+BLAS: nano2's matrix products run in NumPy's OpenBLAS, whose kernel the table names. A
+machine that sets OPENBLAS_CORETYPE (and OPENBLAS_L2_SIZE) for older OpenBLAS builds gets an
+older kernel (Haswell's AVX2 where SkylakeX's AVX-512 would run); to time the kernel NumPy
+would pick, unset both for this command alone:
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/python bench/vs_torch.py
+
 A benchmark, not a test: it prints a table and writes bench/vs_torch_<config>.png.
 """
 import argparse
@@ -242,7 +249,8 @@ def draw(rows, path, title):
 
 def blas_description():
     """Which OpenBLAS kernel NumPy runs: OPENBLAS_CORETYPE, where a machine sets it, picks an
-    older one (Haswell's AVX2 instead of SkylakeX's AVX-512 runs half as fast here)."""
+    older one (Haswell's AVX2 instead of SkylakeX's AVX-512: a 1024 sgemm at ~205 instead of
+    ~380 GFLOP/s here)."""
     from threadpoolctl import threadpool_info
     blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
     return ", ".join(f"{i['internal_api']} {i.get('version')} ({i.get('architecture')} kernels)" for i in blas)
@@ -290,6 +298,10 @@ def main():
             for mode in ("fw", "fwbw"):
                 for side in sides:
                     seconds[side, mode] += workers[side].ask(mode, args.iters)["seconds"]
+        # Once more after the timing, keeping the better: a single 0.3 s measurement read as
+        # little as 55% of the machine's sgemm speed when it hit a slow moment (MFU above 100%).
+        for side in sides:
+            peaks[side] = max(peaks[side], workers[side].ask("peak")["flops"])
         memory = {side: workers[side].ask("memory")["peak"] for side in sides}
         matmul_share = workers["nano2"].ask("matmul_share", args.iters)["share"]
         for side in sides:
