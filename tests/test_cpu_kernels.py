@@ -25,9 +25,17 @@ def random(rng, shape, dtype, scale=1.0):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1, 1, 1, 8), (2, 3, 37, 16), (1, 2, 64, 32), (1, 1, 130, 64), (2, 1, 200, 24),
                                    (2, 3, 300, 64), (1, 2, 260, 128)])  # the last two: batched BLAS, ragged
-def test_attention(dtype, shape):
+@pytest.mark.parametrize("packed", [False, True], ids=["contiguous", "qkv-views"])
+def test_attention(dtype, shape, packed):
+    """packed: q, k, v are heads sliced out of one (B, T, 3d) buffer, as the layer passes them."""
     rng = np.random.default_rng(sum(shape))
-    q, k, v, dout = (random(rng, shape, dtype) for _ in range(4))
+    B, H, T, hd = shape
+    if packed:
+        qkv = random(rng, (B, T, 3, H, hd), dtype)
+        q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
+        dout = random(rng, (B, T, H, hd), dtype).transpose(0, 2, 1, 3)
+    else:
+        q, k, v, dout = (random(rng, shape, dtype) for _ in range(4))
     out, lse = cpu.attention_forward(q, k, v)
     expected_out, expected_lse = reference.attention_forward(q, k, v)
     assert_close(out, expected_out, dtype, "out")
