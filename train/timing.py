@@ -20,6 +20,7 @@ from engine import comm
 from engine.comm import GradientAllreduce
 from engine.errors import UserError
 from engine.flops import forward_flops_per_token, measure_matmul_flops, training_flops_per_token
+from engine.kernels import blas
 from engine.threads import set_threads, threads_per_rank
 from train.cli import ArgumentParser, parse_with_config, run_main
 from train.config import build_model
@@ -45,6 +46,7 @@ MATMUL_KINDS = ("linear qkv", "linear attn.proj", "linear fc", "linear ffn.proj"
 ROW_ORDER = ("embedding", "positions", "layernorm", "attention core", "linear qkv", "linear attn.proj",
              "linear fc", "gelu", "linear ffn.proj", "head (tied)", "cross-entropy")
 MODEL = "(model)"  # the profiler's key for the Decoder's own forward and backward
+ATTENTION_PRODUCTS = "(attention products)"  # its key for the CPU attention's batched products
 
 
 def synchronize(xp):
@@ -110,7 +112,9 @@ def layer_kind(name):
 class LayerProfiler:
     """Times the forward and backward of every layer of `model.named_layers()`, and of the
     model itself, by replacing those methods on each object with a timing wrapper (the layer
-    code is untouched); restore() puts the originals back."""
+    code is untouched); restore() puts the originals back. On the CPU it also times the
+    attention core's own matrix products (engine/kernels/blas.py), to split that row into
+    products and the rest."""
 
     def __init__(self, model):
         self.xp = model.xp
@@ -120,6 +124,7 @@ class LayerProfiler:
         for name, obj in self.layers + [(MODEL, model)]:
             for method in ("forward", "backward"):
                 self.wrap(obj, name, method)
+        self.wrap(blas, ATTENTION_PRODUCTS, "batched_matmul")
 
     def wrap(self, obj, name, method):
         original = getattr(obj, method)
@@ -183,7 +188,8 @@ def run_profile(model, step, iters, world, sync, mode):
     return {"iters": iters, "step_ms": step_seconds / iters * 1e3,
             "rows": [{"layer": kind, "fw_ms": fw / iters * 1e3, "bw_ms": bw / iters * 1e3,
                       "share": (fw + bw) / step_seconds} for kind, (fw, bw) in rows.items()],
-            "matmul_share": matmul_seconds / step_seconds}
+            "matmul_share": matmul_seconds / step_seconds,
+            "attention_products_share": profiler.totals[ATTENTION_PRODUCTS, "batched_matmul"] / step_seconds}
 
 
 def make_parser(prog, device, mode):
@@ -270,11 +276,17 @@ def time_model(args, cfg, prog, mode):
     profile = fw_only = None
     if args.profile:
         if mode == "fwbw":
-            fw_seconds, _ = time_steps(forward, args.fw_iters, args.warmup, world, xp)
-            fw_seconds = gather(world, fw_seconds)
+            # The forward alone, each iteration right after a forward+backward, so that the
+            # machine's speed drifting between two separate runs does not show in their ratio.
+            fw_seconds, paired_seconds = [], []
+            for _ in range(args.fw_iters):
+                paired_seconds += time_steps(step, 1, 0, world, xp, step_sync)[0]
+                fw_seconds += time_steps(forward, 1, 0, world, xp)[0]
+            fw_seconds, paired_seconds = gather(world, fw_seconds), gather(world, paired_seconds)
             if world.is_root:
                 fw_only = summarise(fw_seconds, tokens, flops_per_token["fw"](model.store.numel, cfg.n_layer,
                                                                               cfg.d_model, seq_len), peak_flops)
+                fw_only["fwbw_over_fw"] = statistics.median(paired_seconds) / statistics.median(fw_seconds)
         profile = run_profile(model, step, args.iters, world, step_sync, mode)
     if not world.is_root:
         return None
@@ -294,7 +306,8 @@ def time_model(args, cfg, prog, mode):
         profile["timed_overhead"] = profile["step_ms"] / result["median_ms"] - 1
         if fw_only is not None:
             profile["fw_median_ms"] = fw_only["median_ms"]
-            profile["fwbw_over_fw"] = result["median_ms"] / fw_only["median_ms"]
+            profile["fw_iters"] = args.fw_iters
+            profile["fwbw_over_fw"] = fw_only["fwbw_over_fw"]
     return result
 
 
@@ -330,10 +343,13 @@ def print_table(r):
     for row in p["rows"]:
         print(f"  {row['layer']:<20} {row['fw_ms']:11.3f}" + (f" {row['bw_ms']:12.3f}" if backward else "")
               + f" {row['share']:7.1%}")
+    attention_products = (f" (of which the attention core's own matrix products "
+                          f"{p['attention_products_share']:.1%})" if p["attention_products_share"] else "")
     print(f"  matrix products of the linear layers and the head: {p['matmul_share']:.1%} of the step; "
-          f"everything else {1 - p['matmul_share']:.1%}")
+          f"everything else {1 - p['matmul_share']:.1%}{attention_products}")
     if "fwbw_over_fw" in p:
-        print(f"  fwbw/fw: {p['fwbw_over_fw']:.2f}x (forward alone: median {p['fw_median_ms']:.2f} ms)")
+        print(f"  fwbw/fw: {p['fwbw_over_fw']:.2f}x (forward alone: median {p['fw_median_ms']:.2f} ms; "
+              f"{p['fw_iters']} of each, alternating)")
 
 
 def main(argv=None, prog="nano2_cpu_fw"):
