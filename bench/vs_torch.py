@@ -92,12 +92,13 @@ class Nano2Side:
         from engine.flops import measure_matmul_flops
         return measure_matmul_flops(np, np.float32)
 
-    def matmul_share(self, iters):
-        """The share of a forward+backward spent in the linear layers' and the head's matrix
-        products, from nano2_cpu_fwandbw --profile's per-layer timers."""
+    def matmul_shares(self, iters):
+        """The shares of a forward+backward spent in the linear layers' and the head's matrix
+        products, and in the attention core's own, from nano2_cpu_fwandbw --profile's timers."""
         from engine import comm
         from train.timing import run_profile
-        return run_profile(self.model, self.forward_backward, iters, comm.world(), None, "fwbw")["matmul_share"]
+        profile = run_profile(self.model, self.forward_backward, iters, comm.world(), None, "fwbw")
+        return profile["matmul_share"], profile["attention_products_share"]
 
 
 class TorchSide:
@@ -174,8 +175,8 @@ def worker(side_name, threads):
             reply = {"peak": memory_status()[1] - baseline}
         elif command == "peak":
             reply = {"flops": side.peak_flops()}
-        elif command == "matmul_share":
-            reply = {"share": side.matmul_share(int(argument))}
+        elif command == "matmul_shares":
+            reply = {"shares": side.matmul_shares(int(argument))}
         replies.write(json.dumps(reply) + "\n")
 
 
@@ -303,7 +304,7 @@ def main():
         for side in sides:
             peaks[side] = max(peaks[side], workers[side].ask("peak")["flops"])
         memory = {side: workers[side].ask("memory")["peak"] for side in sides}
-        matmul_share = workers["nano2"].ask("matmul_share", args.iters)["share"]
+        matmul_share, attention_products_share = workers["nano2"].ask("matmul_shares", args.iters)["shares"]
         for side in sides:
             workers[side].close()
 
@@ -332,8 +333,9 @@ def main():
     row("forward MFU", mfu["nano2", "fw"] * 100, mfu["torch", "fw"] * 100, "{:.1f}%")
     row("forward+backward MFU", mfu["nano2", "fwbw"] * 100, mfu["torch", "fwbw"] * 100, "{:.1f}%")
     row("peak memory MiB", memory["nano2"] / MIB, memory["torch"] / MIB, "{:.1f}")
-    print(f"nano2 forward+backward outside the linear layers' matrix products: {1 - matmul_share:.1%} of the step "
-          f"(per-layer timers, as nano2_cpu_fwandbw --profile)")
+    print(f"nano2 forward+backward outside the linear layers' matrix products: {1 - matmul_share:.1%} of the step, "
+          f"of which the attention core's own products {attention_products_share:.1%} (per-layer timers, as "
+          f"nano2_cpu_fwandbw --profile)")
 
     chart = os.path.join(HERE, f"vs_torch_{config_name}.png")
     draw({"forward time": median["nano2", "fw"] / median["torch", "fw"],
