@@ -56,6 +56,7 @@ def central_differences(loss, flat, entries, eps):
 
 
 def relative_error(analytic, numeric):
+    """||analytic - numeric|| / max(||analytic||, ||numeric||), 0 when both are 0."""
     scale = max(np.linalg.norm(analytic), np.linalg.norm(numeric))
     return 0.0 if scale == 0.0 else float(np.linalg.norm(analytic - numeric) / scale)
 
