@@ -14,6 +14,7 @@ import numpy as np
 from numba import prange
 
 from engine.kernels import blas
+from engine.kernels.reference import GELU_CUBIC, GELU_SCALE
 
 # Numba's default threading layer (OpenMP) fights OpenBLAS's spinning workers for the same
 # cores: a forward+backward of configs/nano2.json took 1.9x PyTorch's time with it and 0.92x
@@ -23,13 +24,6 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 
 FAST = {"reassoc", "contract", "arcp", "nsz"}
-GELU_SCALE = math.sqrt(2.0 / math.pi)
-GELU_CUBIC = 0.044715
-
-
-def chunks_for(rows):
-    """How many row ranges a parallel reduction splits into: enough to keep threads busy."""
-    return max(1, min(rows, 4 * numba.get_num_threads()))
 
 
 # ---- causal attention: BLAS products over query blocks, Numba softmax ----------------------
@@ -55,16 +49,16 @@ def query_block(T, hd):
 
 
 @numba.njit(parallel=True, cache=True, fastmath=FAST)
-def shift_causal_rows(scores, first_row, scale, shift):
+def shift_causal_rows(scores, first_row, scale, shift, find_max):
     """scores (BH, rows, keys) of query rows first_row.. become scale · scores - shift[row], with
-    -inf past each row's own position (so exp makes them 0). shift (BH, rows) is the row's max
-    of the scaled scores when `find_max`-style use passes a NaN-filled array, else a given lse."""
+    -inf past each row's own position (so exp makes them 0). shift (BH, rows) is given (the
+    backward's lse), or, with find_max, written: each row's max of its visible scaled scores."""
     BH, rows, keys = scores.shape
     for bh in prange(BH):
         for r in range(rows):
             visible = first_row + r + 1
             row = scores[bh, r]
-            if math.isnan(shift[bh, r]):
+            if find_max:
                 top = -np.inf
                 for j in range(visible):
                     top = max(top, row[j] * scale)
@@ -125,9 +119,8 @@ def attention_forward(q, k, v):
         i1 = min(i0 + block, T)
         scores = workspace[:B * H * (i1 - i0) * i1].reshape(B * H, i1 - i0, i1)
         blas.batched_matmul(q3[:, i0:i1], k3[:, :i1].transpose(0, 2, 1), scores)
-        row_lse = lse[:, i0:i1]
-        row_lse[...] = np.nan
-        shift_causal_rows(scores, i0, scale, row_lse)
+        row_lse = lse[:, i0:i1]  # the row max first; normalize_rows adds log Σ exp
+        shift_causal_rows(scores, i0, scale, row_lse, True)
         np.exp(scores, out=scores)
         normalize_rows(scores, row_lse)
         blas.batched_matmul(scores, v3[:, :i1], out[:, i0:i1])
@@ -154,7 +147,7 @@ def attention_backward(dout, q, k, v, out, lse):
         probs = probs_space[:math.prod(shape)].reshape(shape)
         dprobs = dprobs_space[:math.prod(shape)].reshape(shape)
         blas.batched_matmul(q3[:, i0:i1], k3[:, :i1].transpose(0, 2, 1), probs)
-        shift_causal_rows(probs, i0, scale, lse2[:, i0:i1])
+        shift_causal_rows(probs, i0, scale, lse2[:, i0:i1], False)
         np.exp(probs, out=probs)
         blas.batched_matmul(probs.transpose(0, 2, 1), do3[:, i0:i1], dv[:, :i1], accumulate=True)
         blas.batched_matmul(do3[:, i0:i1], v3[:, :i1].transpose(0, 2, 1), dprobs)
@@ -165,11 +158,14 @@ def attention_backward(dout, q, k, v, out, lse):
 
 
 # ---- LayerNorm, GELU, softmax + cross-entropy ------------------------------------------------
+#
+# LayerNorm and GELU run on one thread: they follow a matrix product, and as parallel loops they
+# ran no faster against OpenBLAS's still-spinning worker thread (measured in the whole model).
 
 @numba.njit(cache=True, fastmath=FAST)
 def layernorm_rows(x, w, b, eps, y, mean, rstd):
     N, d = x.shape
-    for n in prange(N):
+    for n in range(N):
         total = 0.0
         for i in range(d):
             total += x[n, i]
@@ -195,42 +191,39 @@ def layernorm_forward(x, w, b, eps=1e-5):
 
 
 @numba.njit(cache=True, fastmath=FAST)
-def layernorm_backward_rows(dy, x, mean, rstd, w, dx, dw_parts, db_parts):
+def layernorm_backward_rows(dy, x, mean, rstd, w, dx, dw, db):
+    """dx per row; dw and db (float64) summed over the rows."""
     N, d = x.shape
-    n_chunks = dw_parts.shape[0]
-    for c in prange(n_chunks):
-        for n in range(c * N // n_chunks, (c + 1) * N // n_chunks):
-            g_mean = 0.0
-            gx_mean = 0.0
-            for i in range(d):
-                xhat = (x[n, i] - mean[n]) * rstd[n]
-                g = dy[n, i] * w[i]
-                g_mean += g
-                gx_mean += g * xhat
-                dw_parts[c, i] += dy[n, i] * xhat
-                db_parts[c, i] += dy[n, i]
-            g_mean /= d
-            gx_mean /= d
-            for i in range(d):
-                xhat = (x[n, i] - mean[n]) * rstd[n]
-                dx[n, i] = rstd[n] * (dy[n, i] * w[i] - g_mean - xhat * gx_mean)
+    for n in range(N):
+        g_mean = 0.0
+        gx_mean = 0.0
+        for i in range(d):
+            xhat = (x[n, i] - mean[n]) * rstd[n]
+            g = dy[n, i] * w[i]
+            g_mean += g
+            gx_mean += g * xhat
+            dw[i] += dy[n, i] * xhat
+            db[i] += dy[n, i]
+        g_mean /= d
+        gx_mean /= d
+        for i in range(d):
+            xhat = (x[n, i] - mean[n]) * rstd[n]
+            dx[n, i] = rstd[n] * (dy[n, i] * w[i] - g_mean - xhat * gx_mean)
 
 
 def layernorm_backward(dy, x, mean, rstd, w):
     d = x.shape[-1]
     rows = x.reshape(-1, d)
     dx = np.empty_like(rows)
-    n_chunks = chunks_for(rows.shape[0])
-    dw_parts = np.zeros((n_chunks, d), dtype=x.dtype)
-    db_parts = np.zeros((n_chunks, d), dtype=x.dtype)
-    layernorm_backward_rows(dy.reshape(-1, d), rows, mean.reshape(-1), rstd.reshape(-1), w, dx, dw_parts, db_parts)
-    return dx.reshape(x.shape), dw_parts.sum(axis=0), db_parts.sum(axis=0)
+    dw, db = np.zeros(d), np.zeros(d)
+    layernorm_backward_rows(dy.reshape(-1, d), rows, mean.reshape(-1), rstd.reshape(-1), w, dx, dw, db)
+    return dx.reshape(x.shape), dw.astype(x.dtype), db.astype(x.dtype)
 
 
 @numba.njit(cache=True, fastmath=FAST)
 def gelu_inner(x, u):
     N, F = x.shape
-    for n in prange(N):
+    for n in range(N):
         for i in range(F):
             a = x[n, i]
             u[n, i] = GELU_SCALE * (a + GELU_CUBIC * a * a * a)
@@ -240,7 +233,7 @@ def gelu_inner(x, u):
 def gelu_outer(x, tanh_u):
     """tanh_u becomes ½ x (1 + tanh u) in place."""
     N, F = x.shape
-    for n in prange(N):
+    for n in range(N):
         for i in range(F):
             tanh_u[n, i] = 0.5 * x[n, i] * (1.0 + tanh_u[n, i])
 
@@ -249,7 +242,7 @@ def gelu_outer(x, tanh_u):
 def gelu_grad(dy, x, tanh_u):
     """tanh_u becomes dy · d gelu / dx in place."""
     N, F = x.shape
-    for n in prange(N):
+    for n in range(N):
         for i in range(F):
             a = x[n, i]
             t = tanh_u[n, i]
