@@ -5,10 +5,9 @@ Derivation: splitting qkv into heads and merging them back are reshapes, so thei
 the inverse reshape; the per-head gradients dq, dk, dv come from the fused kernel (its
 derivation is in engine/kernels/reference.py) and the two linears are layers/linear.py's.
 """
-import math
-
 from engine import kernels
 from engine.backend import array_module
+from engine.kernels import reference
 from layers.linear import Linear
 
 
@@ -43,21 +42,18 @@ def causal_attention_backward(dy, cache):
 def cached_attention_forward(qkv, n_head, kv_cache, start):
     """Inference only: attention for the new positions start.. of qkv, over the keys and values
     of every earlier position kept in kv_cache (arrays of shape (B, H, seq_len, hd)), which
-    the new positions' keys and values are written into. The masked softmax is the
+    the new positions' keys and values are written into. The masked scores are the
     reference's, so the result equals a full recomputation."""
     xp = array_module(qkv)
     d = qkv.shape[-1] // 3
     q, k, v = (split_heads(qkv[..., i * d:(i + 1) * d], n_head) for i in range(3))
-    n_new, end = q.shape[2], start + q.shape[2]
+    end = start + q.shape[2]
     kv_cache["k"][:, :, start:end] = k
     kv_cache["v"][:, :, start:end] = v
-    keys, values = kv_cache["k"][:, :, :end], kv_cache["v"][:, :, :end]
-    scores = (q @ keys.swapaxes(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
-    visible = xp.arange(end)[None, :] <= start + xp.arange(n_new)[:, None]
-    scores = xp.where(visible, scores, -xp.inf)
+    scores = reference.causal_scores(q, kv_cache["k"][:, :, :end], start)
     probs = xp.exp(scores - scores.max(axis=-1, keepdims=True))
     probs /= probs.sum(axis=-1, keepdims=True)
-    return merge_heads(probs @ values)
+    return merge_heads(probs @ kv_cache["v"][:, :, :end])
 
 
 class CausalSelfAttention:

@@ -12,12 +12,13 @@ import numpy as np
 from engine.backend import array_module
 
 
-def causal_scores(q, k):
-    """q kᵀ / √hd with every future position (key after query) set to -inf."""
-    T = q.shape[-2]
-    scores = (q @ np.swapaxes(k, -1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
-    future = np.triu(np.ones((T, T), dtype=bool), k=1)
-    return np.where(future, -np.inf, scores)
+def causal_scores(q, k, start=0):
+    """q kᵀ / √hd with every future position (key after query) set to -inf; the queries are
+    positions start.. (a KV-cached step), the keys positions 0.."""
+    xp = array_module(q)
+    scores = (q @ xp.swapaxes(k, -1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
+    future = xp.arange(k.shape[-2])[None, :] > start + xp.arange(q.shape[-2])[:, None]
+    return xp.where(future, -xp.inf, scores)
 
 
 def attention_forward(q, k, v):
