@@ -7,7 +7,7 @@ import pytest
 
 from train import debug, gradcheck
 from train.cli import run_main
-from train.config import load_config
+from train.config import build_model, load_config
 
 
 def run(main, argv, capsys):
@@ -100,3 +100,13 @@ def test_console_script_exits_2_with_one_line():
     assert result.returncode == 2
     assert result.stderr.strip() == ("nano2_gradcheck: error: config: d_model (128) must be "
                                      "divisible by n_head (5)")
+
+
+def test_gpu_head_size_the_kernels_lack_is_refused_before_the_model_is_built(capsys):
+    """Head size 16 (tiny with 8 heads) would otherwise reach the GPU kernels' launch and end in
+    a traceback; it must end in one line, found before any CuPy is needed."""
+    cfg = load_config("configs/tiny.json", ["--n_head=8", "--device=gpu"])
+    status, err = run(lambda argv: build_model(cfg), [], capsys)
+    assert status == 2
+    assert err.strip().splitlines() == [
+        "nano2_test: error: config: the GPU attention kernels take head sizes (d_model / n_head) 32, 64, 128, not 16"]

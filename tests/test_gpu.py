@@ -45,6 +45,7 @@ def test_softmax_xent_kernels(dtype, rows, vocab):
     losses, lse = gpu.softmax_xent_forward(cp.asarray(logits), cp.asarray(targets))
     expected_losses, expected_lse = reference.softmax_xent_forward(logits, targets)
     assert relative(lse, expected_lse) <= TOLERANCE[dtype]
+    assert relative(losses, expected_losses, np.abs(expected_lse).max()) <= TOLERANCE[dtype]
     dlogits = gpu.softmax_xent_backward(cp.asarray(dlosses), cp.asarray(logits), lse, cp.asarray(targets))
     expected = reference.softmax_xent_backward(dlosses, logits, expected_lse, targets)
     assert relative(dlogits, expected, np.linalg.norm(dlosses)) <= TOLERANCE[dtype]

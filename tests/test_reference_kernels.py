@@ -73,3 +73,30 @@ def test_softmax_xent_is_stable_for_large_logits():
     losses, lse = reference.softmax_xent_forward(logits, np.array([0]))
     assert losses[0] == pytest.approx(0.0, abs=1e-12)
     assert np.isfinite(reference.softmax_xent_backward(np.ones(1), logits, lse, np.array([2]))).all()
+
+
+def test_layernorm_backward():
+    """The GPU runs these reference kernels as they are, so they get their own central
+    differences, not only the CPU kernels' (which the layer tests check)."""
+    rng = np.random.default_rng(5)
+    x, w, b, g = rng.normal(size=(2, 3, 7)), rng.normal(size=7), rng.normal(size=7), rng.normal(size=(2, 3, 7))
+    _, mean, rstd = reference.layernorm_forward(x, w, b)
+    dx, dw, db = reference.layernorm_backward(g, x, mean, rstd, w)
+    loss = lambda: (reference.layernorm_forward(x, w, b)[0] * g).sum()
+    assert_grad_close(dx, loss, x, "dx")
+    assert_grad_close(dw, loss, w, "dw")
+    assert_grad_close(db, loss, b, "db")
+
+
+def test_gelu_backward():
+    rng = np.random.default_rng(6)
+    x, g = rng.normal(size=(4, 9)) * 2, rng.normal(size=(4, 9))
+    assert_grad_close(reference.gelu_backward(g, x), lambda: (reference.gelu_forward(x) * g).sum(), x, "dx")
+
+
+def test_embedding_backward_adds_repeated_tokens():
+    rng = np.random.default_rng(7)
+    w, idx, scale = rng.normal(size=(5, 3)), np.array([[0, 3, 3], [4, 0, 3]]), 1.7
+    g = rng.normal(size=(2, 3, 3))
+    loss = lambda: (scale * w[idx] * g).sum()
+    assert_grad_close(reference.embedding_backward(g, idx, 5, scale), loss, w, "dw")

@@ -43,7 +43,7 @@ def attention_forward(q, k, v):
 
 def attention_backward(dout, q, k, v, out, lse):
     B, H, T, hd = q.shape
-    dout = cp.ascontiguousarray(dout)
+    dout, q, k, v, out, lse = (cp.ascontiguousarray(a) for a in (dout, q, k, v, out, lse))
     scale = q.dtype.type(1.0 / math.sqrt(hd))
     grid, block = launch.attention_geometry(B * H, T)
     rows, seq = np.int32(B * H), np.int32(T)

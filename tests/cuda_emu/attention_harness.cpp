@@ -28,6 +28,7 @@ int forward_any(int hd, unsigned grid, unsigned block, const T* q, const T* k, c
         case 64: return forward<T, 64>(grid, block, q, k, v, out, lse, bh, seq);
         case 128: return forward<T, 128>(grid, block, q, k, v, out, lse, bh, seq);
     }
+    std::fprintf(stderr, "attention harness: no kernel for head size %d\n", hd);
     return 1;
 }
 
@@ -39,6 +40,7 @@ int backward_any(int hd, unsigned grid, unsigned block, const T* q, const T* k, 
         case 64: return backward<T, 64>(grid, block, q, k, v, out, dout, lse, row_dot, dq, dk, dv, bh, seq);
         case 128: return backward<T, 128>(grid, block, q, k, v, out, dout, lse, row_dot, dq, dk, dv, bh, seq);
     }
+    std::fprintf(stderr, "attention harness: no kernel for head size %d\n", hd);
     return 1;
 }
 

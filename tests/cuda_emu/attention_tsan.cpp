@@ -1,5 +1,6 @@
-// A standalone run of attention.cu on the emulator, for ThreadSanitizer: forward and backward
-// on one ragged case (T = 7 rows over 4-warp blocks), checked against plain loops.
+// A standalone run of attention.cu on the emulator, for ThreadSanitizer: all four kernels on one
+// ragged case (T = 7 rows over 4-warp blocks); the forward's output is checked against plain
+// loops here, the backward's values by test_cuda_kernels.py against reference.py.
 #include "cuda_emu.h"
 #include KERNEL_SOURCE
 

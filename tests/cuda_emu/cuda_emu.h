@@ -96,7 +96,6 @@ inline thread_local dim3 threadIdx, blockIdx;
 inline dim3 blockDim, gridDim;
 
 inline double __longlong_as_double(long long bits) { return std::bit_cast<double>(bits); }
-inline float __int_as_float(int bits) { return std::bit_cast<float>(bits); }
 
 inline void __syncthreads() { cuda_emu::current_block->barrier.arrive_and_wait(); }
 

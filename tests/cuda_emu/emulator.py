@@ -14,13 +14,11 @@ KERNELS = os.path.join(ROOT, "engine", "kernels", "cuda")
 BUILD = os.path.join(tempfile.gettempdir(), "nano2-cuda-emu")
 
 
-def build(source, harness, sanitize=None):
+def build(source, harness):
     """ctypes.CDLL of `harness` compiled with `source` (a .cu path) by g++ -std=c++20."""
     os.makedirs(BUILD, exist_ok=True)
     flags = ["-std=c++20", "-O1", "-g", "-shared", "-fPIC", "-pthread", f"-I{HERE}",
              f"-DKERNEL_SOURCE=\"{os.path.abspath(source)}\"", "-Wno-unknown-pragmas"]
-    if sanitize:
-        flags.append(f"-fsanitize={sanitize}")
     key = hashlib.sha256()
     for path in (source, harness, os.path.join(HERE, "cuda_emu.h")):
         key.update(open(path, "rb").read())
