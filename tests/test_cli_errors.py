@@ -56,6 +56,8 @@ BAD_FLAGS = {
     "command flag of wrong type": (["--samples", "many"], "invalid int value"),
     "bad choice": (["--dtype", "int8"], "invalid choice"),
     "non-positive batch": (["--batch-size", "0"], "--batch-size must be positive"),
+    "NaN for a number": (["--lr=nan"], "lr must be a finite number, got nan"),
+    "infinity for a number": (["--grad_clip=inf"], "grad_clip must be a finite number, got inf"),
     "gpu without CuPy or a GPU": (["--device=gpu"], "--device=gpu"),
 }
 

@@ -212,3 +212,30 @@ def test_damaged_prepared_folder_is_refused(tmp_path, stories_dir):
         f.truncate(100)
     with pytest.raises(UserError, match="not the size meta.json says"):
         TokenData(str(copy))
+
+
+def test_val_fraction_that_leaves_no_training_documents_is_refused(tmp_path):
+    (tmp_path / "two.txt").write_text("one story.\n<|endoftext|>\nanother story.\n")
+    with pytest.raises(UserError, match="leaves none to train on"):
+        prepare_from(str(tmp_path / "two.txt"), tmp_path, "--val_fraction=0.9")
+    assert not (tmp_path / "out" / "meta.json").exists()
+
+
+def test_data_dir_that_cannot_be_a_folder_is_refused(tmp_path):
+    (tmp_path / "t.txt").write_text("x" * 500)
+    (tmp_path / "t-val.txt").write_text("y" * 500)
+    (tmp_path / "taken").write_text("a file, not a folder")
+    cfg = load_config(None, [f"--data={tmp_path}", f"--data_dir={tmp_path / 'taken'}"])
+    with pytest.raises(UserError, match="--data_dir=.*taken: cannot make this folder"):
+        prepare(cfg, workers=1, quiet=True)
+
+
+def test_meta_json_missing_a_key_is_refused(tmp_path, stories_dir):
+    import shutil
+    copy = tmp_path / "copy"
+    shutil.copytree(stories_dir, copy)
+    meta = json.loads((copy / "meta.json").read_text())
+    del meta["val_tokens"]
+    (copy / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match="meta.json is damaged .*val_tokens"):
+        TokenData(str(copy))

@@ -2,6 +2,7 @@
 exit status 2, config overrides from the leftover `--key=value` words, and the error wrapper
 that, under MPI, ends the whole job when any rank fails."""
 import argparse
+import os
 import sys
 import traceback
 
@@ -23,6 +24,14 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message):
         raise UserError(message)
+
+
+def make_folder(path, flag):
+    """os.makedirs(path), with a path that cannot be a folder as one UserError naming the flag."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--{flag}={path}: cannot make this folder ({e.strerror})") from None
 
 
 def parse_with_config(parser, argv=None):

@@ -5,6 +5,7 @@ command-line tools print as one line before exiting with status 2.
 """
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass
 
@@ -89,6 +90,8 @@ def typed_value(key, value, source):
         value = float(value)
     if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
         raise UserError(f"{source}: {key} must be {type_name}, got {json.dumps(value)}")
+    if kind is float and not math.isfinite(value):  # NaN would pass every range check below
+        raise UserError(f"{source}: {key} must be a finite number, got {value}")
     return value
 
 

@@ -129,9 +129,10 @@ def open_files(cfg):
         val_docs = [doc for f in val_files for doc in read_documents(f)]
     else:
         n_val = max(1, round(len(train_docs) * cfg.val_fraction))
-        if len(train_docs) < 2:
-            raise UserError(f"{path} holds a single document: nothing left to hold out for validation; "
-                            f"add a file with 'val' in its name")
+        if n_val >= len(train_docs):
+            raise UserError(f"{path} holds {len(train_docs)} document(s), and val_fraction {cfg.val_fraction} "
+                            f"leaves none to train on; add documents, a file with 'val' in its name, or "
+                            f"lower val_fraction")
         train_docs, val_docs = train_docs[:-n_val], train_docs[-n_val:]
 
     digest = hashlib.sha256(f"files val_fraction={cfg.val_fraction}".encode())
@@ -214,15 +215,20 @@ class TokenData:
             with open(meta_path) as f:
                 self.meta = json.load(f)
             dtype = np.dtype(self.meta["dtype"])
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise UserError(f"{meta_path} is damaged ({e}); delete {data_dir} and prepare again") from None
+            expected = {split: int(self.meta[f"{split}_tokens"]) for split in self.SPLITS}
+            self.vocab_size, self.tokenizer_name = int(self.meta["vocab_size"]), self.meta["tokenizer"]
+            self.val_bytes = int(self.meta["val_bytes"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise UserError(f"{meta_path} is damaged ({e!r}); delete {data_dir} and prepare again") from None
         self.tokens = {}
         for split in self.SPLITS:
             path = os.path.join(data_dir, f"{split}.bin")
-            expected = self.meta[f"{split}_tokens"]
-            if not os.path.isfile(path) or os.path.getsize(path) != expected * dtype.itemsize:
+            if not os.path.isfile(path) or os.path.getsize(path) != expected[split] * dtype.itemsize:
                 raise UserError(f"{path} is missing or not the size meta.json says; delete {data_dir} "
                                 f"and prepare again")
+            if expected[split] == 0:
+                raise UserError(f"{path} holds no tokens: the {split} split is empty; add data or change "
+                                f"val_fraction, then prepare again")
             self.tokens[split] = np.memmap(path, dtype=dtype, mode="r")
 
     def check_fits(self, seq_len, vocab_size):
@@ -230,9 +236,9 @@ class TokenData:
             if len(tokens) < seq_len + 1:
                 raise UserError(f"seq_len {seq_len} is larger than the {split} split "
                                 f"({len(tokens)} tokens); lower seq_len or add data")
-        if self.meta["vocab_size"] > vocab_size:
-            raise UserError(f"the data uses the {self.meta['tokenizer']} tokenizer "
-                            f"({self.meta['vocab_size']} tokens) but the model's vocab_size is {vocab_size}")
+        if self.vocab_size > vocab_size:
+            raise UserError(f"the data uses the {self.tokenizer_name} tokenizer "
+                            f"({self.vocab_size} tokens) but the model's vocab_size is {vocab_size}")
 
     def batch(self, split, seed, step, batch_size, seq_len, micro_step=0, micro_steps=1, rank=0, world=1):
         """(inputs, targets), each (batch_size, seq_len) int64, for this rank and micro-step."""

@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from engine import comm
-from train.cli import ArgumentParser, parse_with_config, run_main
+from train.cli import ArgumentParser, make_folder, parse_with_config, run_main
 from train.data import data_dir_for, open_source, task_texts
 from train.tokenizer import get_tokenizer
 
@@ -56,7 +56,7 @@ def prepare(cfg, workers=None, quiet=False):
         if not quiet:
             print(f"{data_dir} is up to date ({cfg.data}, {tokenizer.name} tokens); nothing to do")
         return data_dir
-    os.makedirs(data_dir, exist_ok=True)
+    make_folder(data_dir, "data_dir")
     workers = workers or min(8, os.cpu_count() or 1)
     meta = {"source": cfg.data, "source_hash": source_hash, "tokenizer": tokenizer.name,
             "vocab_size": tokenizer.vocab_size, "dtype": np.dtype(tokenizer.token_dtype).name, "eot": tokenizer.eot}

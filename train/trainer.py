@@ -23,7 +23,7 @@ from engine.optim import AdamW, clip_grad_norm
 from engine.threads import set_threads, threads_per_rank
 from train.checkpoint import (checkpoint_path, keep_last, latest_checkpoint, load_checkpoint, mark_best,
                               save_checkpoint, step_checkpoints)
-from train.cli import ArgumentParser, parse_with_config, run_main
+from train.cli import ArgumentParser, make_folder, parse_with_config, run_main
 from train.config import build_model
 from train.data import TokenData, data_dir_for
 from train.plot import plot_losses, read_metrics
@@ -179,14 +179,14 @@ def train(cfg, resume=None):
         if step_checkpoints(cfg.out_dir):
             raise UserError(f"{cfg.out_dir} already holds a run's checkpoints; pass --resume to continue it "
                             f"or choose another --out_dir")
-        os.makedirs(cfg.out_dir, exist_ok=True)
+        make_folder(cfg.out_dir, "out_dir")
         if os.path.exists(metrics_path):
             os.remove(metrics_path)
 
     tokens_per_step = micro_steps * cfg.batch_size * cfg.seq_len * world.world_size
     flops_per_token = training_flops_per_token(model.store.numel, cfg.n_layer, cfg.d_model, cfg.seq_len)
     peak_flops = measure_matmul_flops(xp, model.store.dtype) * world.world_size
-    val_bits_per_token = data.meta["val_tokens"] / data.meta["val_bytes"] / math.log(2)
+    val_bits_per_token = len(data.tokens["val"]) / data.val_bytes / math.log(2)
     wandb_run = start_wandb(cfg) if world.is_root else None
     if world.is_root:
         print(f"nano2: {model.store.numel:,} parameters, {tokens_per_step:,} tokens per step "
