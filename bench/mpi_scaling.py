@@ -13,7 +13,10 @@ import json
 import os
 import subprocess
 import sys
-import time
+
+from engine.errors import UserError
+from train.cli import run_main
+from train.config import load_config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -26,29 +29,22 @@ def worker(config, steps, warmup, overrides):
     from engine.comm import GradientAllreduce
     from engine.optim import AdamW
     from engine.threads import set_threads
-    from train.config import build_model, load_config
+    from train.config import build_model
     from train.gradcheck import random_batch
+    from train.timing import time_steps
     from train.trainer import train_step
 
     cfg = load_config(config, overrides)
     world = comm.world()
     set_threads(cfg.threads or 1)
     model = build_model(cfg)
-    optimizer = AdamW(model.store)
+    optimizer = AdamW(model.store, cfg.beta1, cfg.beta2, cfg.adam_eps, cfg.weight_decay)
     sync = GradientAllreduce(world, model.store)
     rng = np.random.default_rng(world.rank)
     batch = random_batch(rng, cfg.batch_size, cfg.seq_len, cfg.vocab_size)
-    step_seconds, comm_seconds = [], []
-    for step in range(warmup + steps):
-        world.barrier()
-        sync.comm_seconds = 0.0
-        started = time.perf_counter()
-        train_step(model, optimizer, [batch], 1e-4, 1.0, sync)
-        if step >= warmup:
-            step_seconds.append(time.perf_counter() - started)
-            comm_seconds.append(sync.comm_seconds)
-    slowest = world.sum_floats([0.0])  # a last collective, so every rank has finished
-    del slowest
+    step_seconds, comm_seconds = time_steps(lambda: train_step(model, optimizer, [batch], 1e-4, 1.0, sync),
+                                            steps, warmup, world, model.xp, sync)
+    world.barrier()  # every rank has finished before rank 0 reports
     if world.is_root:
         median = float(np.median(step_seconds))
         print(json.dumps({"ranks": world.world_size, "step_s": median,
@@ -60,7 +56,9 @@ def launch(ranks, args):
     mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
     command = [mpiexec, "-n", str(ranks), sys.executable, __file__, "--worker", "--config", args.config,
                "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads=1", *args.overrides]
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    result = subprocess.run(command, stdout=subprocess.PIPE, text=True)  # a worker's error line reaches stderr
+    if result.returncode != 0:
+        raise UserError(f"mpiexec -n {ranks} failed (status {result.returncode}); its error is above")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -91,6 +89,7 @@ def main():
     args, args.overrides = parser.parse_known_args()
     if args.worker:
         return worker(args.config, args.steps, args.warmup, args.overrides)
+    load_config(args.config, args.overrides)  # a bad config or override says so here, once
     runs = {1: [], 2: []}
     for _ in range(args.repeats):
         for ranks in runs:
@@ -105,4 +104,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "mpi_scaling")

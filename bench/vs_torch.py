@@ -131,17 +131,11 @@ class TorchSide:
 
     def peak_flops(self, n=1024, seconds=0.3):
         """engine.flops.measure_matmul_flops, with torch.matmul."""
+        from engine.flops import best_seconds
         a = self.torch.ones(n, n)
         b = self.torch.ones(n, n)
         out = a @ b
-        best = float("inf")
-        deadline = time.perf_counter() + seconds
-        while True:
-            start = time.perf_counter()
-            self.torch.matmul(a, b, out=out)
-            best = min(best, time.perf_counter() - start)
-            if time.perf_counter() > deadline:
-                return 2 * n ** 3 / best
+        return 2 * n ** 3 / best_seconds(lambda: self.torch.matmul(a, b, out=out), seconds)
 
 
 def seconds_of(step, iters):
@@ -347,4 +341,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    from train.cli import run_main
+    run_main(main, "vs_torch")

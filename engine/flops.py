@@ -16,19 +16,28 @@ def forward_flops_per_token(n_params, n_layer, d_model, seq_len):
     return 2 * n_params + 4 * n_layer * seq_len * d_model
 
 
+def best_seconds(run, seconds):
+    """The shortest time of one run() over repeated calls for about `seconds`."""
+    best = float("inf")
+    deadline = time.perf_counter() + seconds
+    while True:
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+        if time.perf_counter() > deadline:
+            return best
+
+
 def measure_matmul_flops(xp=np, dtype=np.float32, n=1024, seconds=0.3):
     """The best FLOP/s of an n×n matrix product over about `seconds`: the peak MFU is taken
     against, measured on the spot since it depends on the machine and its thread count."""
     a = xp.ones((n, n), dtype=dtype)
     b = xp.ones((n, n), dtype=dtype)
     out = a @ b
-    best = float("inf")
-    deadline = time.perf_counter() + seconds
-    while True:
-        start = time.perf_counter()
+
+    def product():
         xp.matmul(a, b, out=out)
         if xp is not np:
             xp.cuda.get_current_stream().synchronize()
-        best = min(best, time.perf_counter() - start)
-        if time.perf_counter() > deadline:
-            return 2 * n ** 3 / best
+
+    return 2 * n ** 3 / best_seconds(product, seconds)

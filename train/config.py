@@ -14,6 +14,7 @@ from engine.comm import COMM_KINDS
 from engine.errors import UserError
 from engine.kernels.launch import ATTENTION_HEAD_SIZES
 from layers.model import Decoder, init_parameters
+from train.tokenizer import TOKENIZERS
 
 
 @dataclass
@@ -68,9 +69,8 @@ FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Config)}
 POSITIVE = ("vocab_size", "d_model", "n_layer", "n_head", "d_ff", "seq_len", "batch_size", "num_stories",
             "max_steps", "lr", "eval_interval", "eval_iters", "log_interval", "keep_checkpoints")
 NON_NEGATIVE = ("threads", "min_lr", "warmup_steps", "weight_decay", "adam_eps", "grad_clip", "tokens_per_step")
-CHOICES = {"dtype": tuple(DTYPES), "device": DEVICES, "comm": COMM_KINDS, "tokenizer": ("byte", "gpt2"),
+CHOICES = {"dtype": tuple(DTYPES), "device": DEVICES, "comm": COMM_KINDS, "tokenizer": tuple(TOKENIZERS),
            "wandb_mode": ("offline", "online", "disabled")}
-TOKENIZER_VOCAB = {"byte": 256, "gpt2": 50257}
 
 
 def typed_value(key, value, source):
@@ -114,9 +114,9 @@ def validate(cfg):
             raise UserError(f"config: {key} must be in [0, 1), got {getattr(cfg, key)}")
     if cfg.min_lr > cfg.lr:
         raise UserError(f"config: min_lr ({cfg.min_lr}) must not exceed lr ({cfg.lr})")
-    if cfg.vocab_size < TOKENIZER_VOCAB[cfg.tokenizer]:
+    if cfg.vocab_size < TOKENIZERS[cfg.tokenizer].vocab_size:
         raise UserError(f"config: vocab_size {cfg.vocab_size} is smaller than the {cfg.tokenizer} "
-                        f"tokenizer's {TOKENIZER_VOCAB[cfg.tokenizer]}")
+                        f"tokenizer's {TOKENIZERS[cfg.tokenizer].vocab_size}")
 
 
 def checked_values(values, source):
