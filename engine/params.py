@@ -67,11 +67,16 @@ def write_safetensors(path, tensors, metadata):
     so a crash mid-write never leaves a half-written file where a good one was."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
     tensors = {name: np.ascontiguousarray(to_numpy(t)) for name, t in tensors.items()}
     text_metadata = {key: value if isinstance(value, str) else json.dumps(value)
                      for key, value in metadata.items()}
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".safetensors")
+    if os.path.isdir(path):
+        raise UserError(f"cannot write {path}: it is a folder")
+    try:  # a path the user gave that cannot hold a file is their mistake, said in one line
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".safetensors")
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=text_metadata)

@@ -57,6 +57,7 @@ BAD_FLAGS = {
     "bad choice": (["--dtype", "int8"], "invalid choice"),
     "non-positive batch": (["--batch-size", "0"], "--batch-size must be positive"),
     "NaN for a number": (["--lr=nan"], "lr must be a finite number, got nan"),
+    "negative seed": (["--seed=-1"], "seed must not be negative, got -1"),
     "infinity for a number": (["--grad_clip=inf"], "grad_clip must be a finite number, got inf"),
     "gpu without CuPy or a GPU": (["--device=gpu"], "--device=gpu"),
 }
@@ -75,6 +76,7 @@ def test_bad_flags(case, capsys):
     (["state"], "required: --out"),
     (["state", "--out", "x.safetensors", "--seq-len", "0"], "seq_len must be positive"),
     (["explode"], "invalid choice"),
+    (["nonfinite", "--data_dir=/no/such/folder"], "holds no prepared data"),
 ])
 def test_bad_debug_flags(argv, message, capsys):
     code, err = run(debug.main, argv, capsys)

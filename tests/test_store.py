@@ -82,3 +82,11 @@ def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
         write_safetensors(path, {"x": np.zeros(3, np.float32)}, {})
     assert path.read_bytes() == good
     assert os.listdir(tmp_path) == ["s.safetensors"]
+
+
+def test_a_path_that_cannot_be_written_is_one_user_error(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    for path in (tmp_path, tmp_path / "file" / "x.safetensors"):
+        with pytest.raises(UserError, match="cannot write"):
+            write_safetensors(path, {"a": np.zeros(2, np.float32)}, {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # no temporary file left behind

@@ -211,3 +211,11 @@ def test_checkpoint_without_usable_adamw_state_is_refused(small_args, tmp_path, 
     write_safetensors(path, tensors, metadata)
     status, err = run_train(small_args + ["--max_steps=4", "--resume"], capsys)
     assert status == 2 and "no usable AdamW state for ln_f.bias" in err
+
+
+def test_metrics_with_a_half_written_last_line_still_read(tmp_path):
+    """A run killed while appending leaves a partial line; --resume and the plot must not fail on it."""
+    from train.plot import read_metrics
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 2.5}\n{"step": 2, "val_loss": 2.4}\n{"step": 3, "lo')
+    assert read_metrics(path) == [{"step": 1, "loss": 2.5}, {"step": 2, "val_loss": 2.4}]

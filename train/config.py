@@ -68,7 +68,7 @@ class Config:
 FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Config)}
 POSITIVE = ("vocab_size", "d_model", "n_layer", "n_head", "d_ff", "seq_len", "batch_size", "num_stories",
             "max_steps", "lr", "eval_interval", "eval_iters", "log_interval", "keep_checkpoints")
-NON_NEGATIVE = ("threads", "min_lr", "warmup_steps", "weight_decay", "adam_eps", "grad_clip", "tokens_per_step")
+NON_NEGATIVE = ("seed", "threads", "min_lr", "warmup_steps", "weight_decay", "adam_eps", "grad_clip", "tokens_per_step")
 CHOICES = {"dtype": tuple(DTYPES), "device": DEVICES, "comm": COMM_KINDS, "tokenizer": tuple(TOKENIZERS),
            "wandb_mode": ("offline", "online", "disabled")}
 

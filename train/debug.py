@@ -25,7 +25,7 @@ from engine.backend import to_numpy
 from engine.errors import UserError
 from engine.params import read_safetensors, write_safetensors
 from train.cli import ArgumentParser, parse_with_config, run_main
-from train.config import build_model, validate
+from train.config import build_model
 from train.data import TokenData
 from train.gradcheck import EPS, central_differences, random_batch, relative_error, sample_entries
 from train.tracing import Tracer, summary
@@ -50,16 +50,12 @@ def write_state(model, cfg, idx, targets, path):
 
 
 def setup(args, cfg, dtype=None):
-    """The model and this rank's batch: its rows of a seeded random batch, or of the first
-    validation batch of a prepared folder."""
-    for key in ("batch_size", "seq_len", "seed", "dtype"):
-        if getattr(args, key, None) is not None:
-            setattr(cfg, key, getattr(args, key))
-    validate(cfg)
+    """The model and this rank's batch: its rows of a seeded random batch, or, given --data_dir,
+    of the first validation batch of that prepared folder."""
     world = comm.world()
     rows = cfg.batch_size * world.world_size
-    if getattr(args, "data_dir", None):
-        data = TokenData(args.data_dir)
+    if cfg.data_dir:
+        data = TokenData(cfg.data_dir)
         data.check_fits(cfg.seq_len, cfg.vocab_size)
         idx, targets = data.batch("val", cfg.seed, 0, rows, cfg.seq_len)
     else:
@@ -327,13 +323,8 @@ def main(argv=None):
 
     def add(name, help_text, batch=True):
         sub = commands.add_parser(name, help=help_text)
-        if batch:
+        if batch:  # --batch-size, --seq-len, --seed, --dtype, --data-dir are config keys
             sub.add_argument("--config", help="JSON config file (default: the built-in defaults)")
-            sub.add_argument("--batch-size", type=int)
-            sub.add_argument("--seq-len", type=int)
-            sub.add_argument("--seed", type=int)
-            sub.add_argument("--dtype", choices=["float32", "float64"])
-            sub.add_argument("--data-dir", help="take the batch from this prepared folder's validation split")
         return sub
 
     add("state", "write one step's inputs, logits, loss, parameters and gradients").add_argument(

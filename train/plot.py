@@ -10,8 +10,16 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 
 
 def read_metrics(path):
+    """The rows of metrics.jsonl; a line that does not decode (the last one, when a run was
+    killed while appending it) is skipped."""
+    rows = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
 
 
 def plot_losses(metrics_path, png_path, title):
