@@ -56,6 +56,7 @@ BAD_FLAGS = {
     "command flag of wrong type": (["--samples", "many"], "invalid int value"),
     "bad choice": (["--dtype", "int8"], "invalid choice"),
     "non-positive batch": (["--batch-size", "0"], "--batch-size must be positive"),
+    "zero finite-difference step": (["--eps", "0"], "--eps must be positive"),
     "NaN for a number": (["--lr=nan"], "lr must be a finite number, got nan"),
     "negative seed": (["--seed=-1"], "seed must not be negative, got -1"),
     "infinity for a number": (["--grad_clip=inf"], "grad_clip must be a finite number, got inf"),
@@ -77,6 +78,7 @@ def test_bad_flags(case, capsys):
     (["state", "--out", "x.safetensors", "--seq-len", "0"], "seq_len must be positive"),
     (["explode"], "invalid choice"),
     (["nonfinite", "--data_dir=/no/such/folder"], "holds no prepared data"),
+    (["step", "--break", "blocks.0.atn:forward"], "--break blocks.0.atn:forward: no such layer and phase"),
 ])
 def test_bad_debug_flags(argv, message, capsys):
     code, err = run(debug.main, argv, capsys)

@@ -57,11 +57,17 @@ def keep_last(out_dir, k):
         os.remove(path)
 
 
+def read_any_checkpoint(path):
+    """(tensors, metadata) of a nano2 checkpoint, whatever model it holds, or a UserError."""
+    tensors, metadata = read_safetensors(path)
+    if metadata.get("format") != FORMAT or not isinstance(metadata.get("config"), dict):
+        raise UserError(f"{path} is not a nano2 checkpoint")
+    return tensors, metadata
+
+
 def read_checkpoint(path, cfg):
     """(tensors, metadata) of a checkpoint that fits cfg's model, or a UserError saying why not."""
-    tensors, metadata = read_safetensors(path)
-    if metadata.get("format") != FORMAT or "config" not in metadata:
-        raise UserError(f"{path} is not a nano2 checkpoint")
+    tensors, metadata = read_any_checkpoint(path)
     saved = metadata["config"]
     for key in MODEL_KEYS:
         if saved.get(key) != getattr(cfg, key):

@@ -302,6 +302,12 @@ class Stepper:
 
 def step_command(args, cfg):
     model, idx, targets = setup(args, cfg)
+    names = {name for name, _ in model.named_layers()}
+    for breakpoint in args.breaks:
+        name, _, phase = breakpoint.partition(":")
+        if name not in names or phase not in ("", "forward", "backward"):
+            raise UserError(f"--break {breakpoint}: no such layer and phase (NAME or NAME:forward|backward; "
+                            f"the layers are listed by `nano2_debug trace`)")
     stepper = Stepper(args.breaks, stepping=not args.breaks)
     traced_step(model, idx, targets, on_event=stepper)
     print("step finished")

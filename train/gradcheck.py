@@ -91,11 +91,13 @@ def main(argv=None):
     parser.add_argument("--eps", type=float, default=EPS, help=f"finite-difference step (default {EPS:g})")
     parser.add_argument("--tol", type=float, help="largest relative error that passes (default by dtype)")
     args, cfg = parse_with_config(parser, argv)
-    for flag in ("batch_size", "seq_len", "samples"):
-        if getattr(args, flag) <= 0:
+    for flag in ("batch_size", "seq_len", "samples", "eps"):
+        if not getattr(args, flag) > 0:
             parser.error(f"--{flag.replace('_', '-')} must be positive")
+    if args.tol is not None and not args.tol >= 0:
+        parser.error("--tol must not be negative")
     cfg.seq_len = max(cfg.seq_len, args.seq_len)
-    eps, tol = args.eps, args.tol or TOLERANCE[args.dtype]
+    eps, tol = args.eps, TOLERANCE[args.dtype] if args.tol is None else args.tol
 
     model = build_model(cfg, dtype=args.dtype)
     model64 = build_model(cfg, dtype="float64")

@@ -4,15 +4,14 @@ A prompt is preceded by the end-of-text token, as every training document is, so
 prompt starts a new story. Generation stops at the next end-of-text token or after
 --max-new-tokens. When the context fills seq_len, it restarts from the last half of it.
 """
+import math
 import sys
 
 import numpy as np
 
 from engine import comm
 from engine.backend import to_numpy
-from engine.errors import UserError
-from engine.params import read_safetensors
-from train.checkpoint import FORMAT
+from train.checkpoint import read_any_checkpoint
 from train.cli import ArgumentParser, run_main
 from train.config import build_model, config_from_dict
 from train.tokenizer import get_tokenizer
@@ -56,9 +55,7 @@ def generate(model, prompt_tokens, max_new_tokens, temperature, top_k, rng, stop
 
 
 def load_model(path, device="cpu"):
-    tensors, metadata = read_safetensors(path)
-    if metadata.get("format") != FORMAT:
-        raise UserError(f"{path} is not a nano2 checkpoint")
+    tensors, metadata = read_any_checkpoint(path)
     cfg = config_from_dict(metadata["config"], path)
     cfg.device = device
     model = build_model(cfg)
@@ -77,8 +74,10 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     args = parser.parse_args(argv)
-    if args.max_new_tokens < 0 or args.temperature < 0 or args.top_k < 0 or args.num_samples < 1:
+    if args.max_new_tokens < 0 or not args.temperature >= 0 or args.top_k < 0 or args.num_samples < 1:
         parser.error("--max-new-tokens, --temperature and --top-k must not be negative; --num-samples >= 1")
+    if math.isinf(args.temperature):
+        parser.error("--temperature must be finite")
     if not comm.world().is_root:
         return 0  # under mpirun, rank 0 alone samples (the others would print the same text)
     model, cfg = load_model(args.ckpt, args.device)
