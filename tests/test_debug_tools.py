@@ -125,3 +125,14 @@ def test_dump_under_mpi_writes_one_file_per_rank(tmp_path, capsys):
     assert all(os.path.exists(p) for p in ranks)
     status, text, _ = run(["diff", *ranks], capsys)
     assert status == 1 and "first difference: tok_emb" in text  # each rank has its own rows
+
+
+def test_tracer_restores_an_instance_attribute_it_wrapped():
+    """restore() puts back what the object had: its own attribute where it had one, not the class's method."""
+    from train.config import build_model, load_config
+    from train.tracing import Tracer
+    model = build_model(load_config("configs/tiny.json", ["--n_layer=1"]))
+    own = model.ln_f.forward
+    model.ln_f.forward = own  # an instance attribute, as another tool's wrapper would be
+    Tracer(model).restore()
+    assert vars(model.ln_f)["forward"] is own

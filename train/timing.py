@@ -7,6 +7,7 @@ Every rank's per-iteration times are gathered to rank 0, which prints the median
 tokens/s, the achieved GFLOP/s and the MFU against an sgemm peak measured on the spot.
 --profile then times every layer, on iterations of their own since the timers cost time.
 """
+import functools
 import json
 import re
 import statistics
@@ -25,6 +26,7 @@ from engine.threads import set_threads, threads_per_rank
 from train.cli import ArgumentParser, parse_with_config, run_main
 from train.config import build_model
 from train.gradcheck import random_batch
+from train.tracing import Patches
 
 # prog: (device, what it times)
 COMMANDS = {"nano2_fw": ("gpu", "fw"), "nano2_fwbw": ("gpu", "fwbw"),
@@ -120,14 +122,14 @@ class LayerProfiler:
         self.xp = model.xp
         self.layers = list(model.named_layers())
         self.totals = defaultdict(float)  # (layer name, "forward" or "backward") -> seconds
-        self.replaced = []
+        self.patches = Patches()
         for name, obj in self.layers + [(MODEL, model)]:
             for method in ("forward", "backward"):
-                self.wrap(obj, name, method)
-        self.wrap(blas, ATTENTION_PRODUCTS, "batched_matmul")
+                self.patches.wrap(obj, method, functools.partial(self.timing, key=(name, method)))
+        products = (ATTENTION_PRODUCTS, "batched_matmul")
+        self.patches.wrap(blas, "batched_matmul", functools.partial(self.timing, key=products))
 
-    def wrap(self, obj, name, method):
-        original = getattr(obj, method)
+    def timing(self, original, key):
         totals, xp = self.totals, self.xp
 
         def timed(*args, **kwargs):
@@ -135,18 +137,12 @@ class LayerProfiler:
             started = time.perf_counter()
             result = original(*args, **kwargs)
             synchronize(xp)
-            totals[name, method] += time.perf_counter() - started
+            totals[key] += time.perf_counter() - started
             return result
-
-        self.replaced.append((obj, method, vars(obj).get(method)))
-        setattr(obj, method, timed)
+        return timed
 
     def restore(self):
-        for obj, method, own in self.replaced:
-            if own is None:
-                delattr(obj, method)  # the class's method shows through again
-            else:
-                setattr(obj, method, own)
+        self.patches.restore()
 
     def self_seconds(self, method):
         """{layer name: seconds in `method`, its children's excluded}."""

@@ -2,6 +2,7 @@
 code: the Tracer replaces the `forward` and `backward` methods of the model's layer objects
 (from Decoder.named_layers) with recording wrappers, and `restore()` puts the originals back.
 Nothing is wrapped unless a Tracer is made, so a model that is not traced pays nothing."""
+import functools
 import time
 from dataclasses import dataclass, field
 
@@ -33,21 +34,41 @@ def arrays(values):
     return [to_numpy(v).copy() for v in values if hasattr(v, "shape")]
 
 
+class Patches:
+    """Methods of objects replaced by wrappers, and put back by restore(): the instance's own
+    attribute if it had one, else the class's method shows through again. The Tracer and the
+    timing commands' LayerProfiler both wrap layers this way."""
+
+    def __init__(self):
+        self.replaced = []
+
+    def wrap(self, obj, method, make_wrapper):
+        """obj.method becomes make_wrapper(the current obj.method)."""
+        self.replaced.append((obj, method, vars(obj).get(method)))
+        setattr(obj, method, make_wrapper(getattr(obj, method)))
+
+    def restore(self):
+        for obj, method, own in reversed(self.replaced):
+            if own is None:
+                delattr(obj, method)
+            else:
+                setattr(obj, method, own)
+        self.replaced = []
+
+
 class Tracer:
     def __init__(self, model, on_event=None):
         """Record every call of every layer of `model`; on_event(event), if given, runs after
         each one (a debugger stops there)."""
         self.events = []
         self.on_event = on_event
-        self.originals = []
+        self.patches = Patches()
         for name, layer in model.named_layers():
             for phase in ("forward", "backward"):
-                self.wrap(name, layer, phase)
+                self.patches.wrap(layer, phase, functools.partial(self.recording, name=name, layer=layer,
+                                                                  phase=phase))
 
-    def wrap(self, name, layer, phase):
-        original = getattr(layer, phase)
-        self.originals.append((layer, phase))
-
+    def recording(self, original, name, layer, phase):
         def recorded(*args, **kwargs):
             started = time.perf_counter()
             result = original(*args, **kwargs)
@@ -57,13 +78,10 @@ class Tracer:
             if self.on_event is not None:
                 self.on_event(event)
             return result
-
-        setattr(layer, phase, recorded)
+        return recorded
 
     def restore(self):
-        for layer, phase in self.originals:
-            del layer.__dict__[phase]  # the class's own method shows through again
-        self.originals = []
+        self.patches.restore()
 
 
 def summary(array):
