@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Create .venv if it is missing and install nano2 into it (editable, with the test tools).
+# --if-needed: only when it was never built here or pyproject.toml changed since.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = "--if-needed" ] && [ -f .venv/.nano2-built ] && [ ! pyproject.toml -nt .venv/.nano2-built ]; then
+    exit 0
+fi
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv

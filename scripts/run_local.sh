@@ -1,16 +1,13 @@
 #!/usr/bin/env bash
-# The main job: set up the environment if it is missing, prepare the built-in stories, train
-# configs/tiny.json on the CPU for a few minutes, then print samples. The checkpoints,
-# metrics.jsonl and loss.png stay in the run folder named at the end.
+# The main job: set up the environment if it is missing, train configs/tiny.json on the CPU
+# for a few minutes (nano2_train prepares the built-in stories first), then print samples.
+# The checkpoints, metrics.jsonl and loss.png stay in the run folder named at the end.
 # Extra arguments go to nano2_train (e.g. --max_steps=200); RUN_DIR names the folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ ! -f .venv/.nano2-built ] || [ pyproject.toml -nt .venv/.nano2-built ]; then
-    ./scripts/build.sh
-fi
+./scripts/build.sh --if-needed
 RUN_DIR=${RUN_DIR:-runs/tiny-$(date +%Y%m%d-%H%M%S)}
 started=$(date +%s)
-.venv/bin/nano2_prepare --config configs/tiny.json
 .venv/bin/nano2_train --config configs/tiny.json --out_dir="$RUN_DIR" "$@"
 for seed in 1 2 3; do
     echo "---- sample $seed ----"

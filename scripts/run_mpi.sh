@@ -13,9 +13,7 @@
 # against it: pip install --no-binary mpi4py mpi4py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ ! -f .venv/.nano2-built ] || [ pyproject.toml -nt .venv/.nano2-built ]; then
-    ./scripts/build.sh
-fi
+./scripts/build.sh --if-needed
 MPIEXEC=${MPIEXEC:-.venv/bin/mpiexec}
 if "$MPIEXEC" --version 2>&1 | grep -q "Open MPI"; then flavour=openmpi; else flavour=hydra; fi
 

@@ -1,6 +1,6 @@
 """The gradient allreduce on device buffers: staged through pinned host memory, straight to a
-CUDA-aware MPI, and through NCCL. Runs only where CuPy sees a GPU (two ranks share it if
-there is only one)."""
+CUDA-aware MPI, and through NCCL. Runs only where CuPy sees a GPU (the MPI paths let two
+ranks share one GPU; NCCL needs two)."""
 import os
 import subprocess
 import sys
@@ -44,6 +44,8 @@ def cuda_aware_mpi():
 def test_device_gradient_allreduce(kind, cuda_aware):
     if cuda_aware == "1" and not cuda_aware_mpi():
         pytest.skip("this MPI library does not report CUDA support")
+    if kind == "nccl" and cupy.cuda.runtime.getDeviceCount() < 2:
+        pytest.skip("NCCL refuses two ranks on one GPU (ncclInvalidUsage: duplicate GPU)")
     env = dict(os.environ, NANO2_MPI_CUDA_AWARE=cuda_aware)
     result = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-c", SCRIPT.format(kind=kind)],
                             capture_output=True, text=True, timeout=120, env=env)

@@ -246,6 +246,5 @@ class TokenData:
         rng = np.random.default_rng([seed, self.SPLITS[split], step])
         starts = rng.integers(0, len(tokens) - seq_len, size=micro_steps * world * batch_size)
         first = (micro_step * world + rank) * batch_size
-        windows = np.stack([tokens[s:s + seq_len + 1] for s in starts[first:first + batch_size]])
-        windows = windows.astype(np.int64)
+        windows = tokens[starts[first:first + batch_size, None] + np.arange(seq_len + 1)].astype(np.int64)
         return windows[:, :-1], windows[:, 1:]
