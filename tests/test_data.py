@@ -239,3 +239,13 @@ def test_meta_json_missing_a_key_is_refused(tmp_path, stories_dir):
     (copy / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(UserError, match="meta.json is damaged .*val_tokens"):
         TokenData(str(copy))
+
+
+def test_an_up_to_date_folder_is_known_without_reading_the_documents(tmp_path, monkeypatch):
+    (tmp_path / "t.txt").write_text("one story.\n<|endoftext|>\nanother.\n<|endoftext|>\na third.\n")
+    prepare_from(str(tmp_path / "t.txt"), tmp_path)
+
+    def unread(path):
+        raise AssertionError(f"{path} was parsed again, though its hash had not changed")
+    monkeypatch.setattr(data_module, "read_documents", unread)
+    assert prepare_from(str(tmp_path / "t.txt"), tmp_path) == str(tmp_path / "out")

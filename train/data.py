@@ -40,8 +40,9 @@ def data_dir_for(cfg):
 # ---- sources -----------------------------------------------------------------------------
 
 def open_source(cfg):
-    """{"train": [task, ...], "val": [task, ...]}, the number of documents in each, and a hash
-    that changes whenever the text would."""
+    """(a hash that changes whenever the text would, read_tasks): read_tasks() gives
+    {"train": [task, ...], "val": [task, ...]} and the number of documents in each. Reading the
+    documents waits for read_tasks, so an up-to-date folder is known as such without it."""
     if cfg.data == "stories":
         return open_stories(cfg)
     if cfg.data == "tinystories":
@@ -60,8 +61,8 @@ def open_stories(cfg):
         return [("stories", cfg.seed, i, min(i + TASK_DOCUMENTS, stop)) for i in range(start, stop, TASK_DOCUMENTS)]
 
     key = f"stories v{stories.GENERATOR_VERSION} seed={cfg.seed} n={cfg.num_stories} val={n_val}"
-    return ({"train": tasks(0, n_train), "val": tasks(n_train, cfg.num_stories)},
-            {"train": n_train, "val": n_val}, sha256_text(key))
+    return sha256_text(key), lambda: ({"train": tasks(0, n_train), "val": tasks(n_train, cfg.num_stories)},
+                                      {"train": n_train, "val": n_val})
 
 
 def open_tinystories(cfg):
@@ -75,10 +76,13 @@ def open_tinystories(cfg):
         raise UserError(f"cannot load {name} ({str(e).splitlines()[0]}): this machine cannot reach the "
                         f"Hugging Face Hub and has no cached copy; use --data=stories (built in) or "
                         f"--data=PATH to downloaded TinyStories .txt/.jsonl/.parquet files") from None
-    tasks = {split: [("texts", ds[i:i + TASK_DOCUMENTS]["text"]) for i in range(0, len(ds), TASK_DOCUMENTS)]
-             for split, ds in splits.items()}
     fingerprints = " ".join(ds._fingerprint for ds in splits.values())
-    return tasks, {split: len(ds) for split, ds in splits.items()}, sha256_text(f"{name} {fingerprints}")
+
+    def read_tasks():
+        tasks = {split: [("texts", ds[i:i + TASK_DOCUMENTS]["text"]) for i in range(0, len(ds), TASK_DOCUMENTS)]
+                 for split, ds in splits.items()}
+        return tasks, {split: len(ds) for split, ds in splits.items()}
+    return sha256_text(f"{name} {fingerprints}"), read_tasks
 
 
 @contextlib.contextmanager
@@ -124,27 +128,29 @@ def open_files(cfg):
     train_files = [f for f in files if f not in val_files]
     if not train_files:
         raise UserError(f"{path}: every file looks like a validation file (has 'val' in its name)")
-    train_docs = [doc for f in train_files for doc in read_documents(f)]
-    if val_files:
-        val_docs = [doc for f in val_files for doc in read_documents(f)]
-    else:
-        n_val = max(1, round(len(train_docs) * cfg.val_fraction))
-        if n_val >= len(train_docs):
-            raise UserError(f"{path} holds {len(train_docs)} document(s), and val_fraction {cfg.val_fraction} "
-                            f"leaves none to train on; add documents, a file with 'val' in its name, or "
-                            f"lower val_fraction")
-        train_docs, val_docs = train_docs[:-n_val], train_docs[-n_val:]
-
     digest = hashlib.sha256(f"files val_fraction={cfg.val_fraction}".encode())
     for f in files:
         digest.update(os.path.basename(f).encode())
         with open(f, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
-    docs = {"train": train_docs, "val": val_docs}
-    tasks = {split: [("texts", d[i:i + TASK_DOCUMENTS]) for i in range(0, len(d), TASK_DOCUMENTS)]
-             for split, d in docs.items()}
-    return tasks, {split: len(d) for split, d in docs.items()}, digest.hexdigest()
+
+    def read_tasks():
+        train_docs = [doc for f in train_files for doc in read_documents(f)]
+        if val_files:
+            val_docs = [doc for f in val_files for doc in read_documents(f)]
+        else:
+            n_val = max(1, round(len(train_docs) * cfg.val_fraction))
+            if n_val >= len(train_docs):
+                raise UserError(f"{path} holds {len(train_docs)} document(s), and val_fraction {cfg.val_fraction} "
+                                f"leaves none to train on; add documents, a file with 'val' in its name, or "
+                                f"lower val_fraction")
+            train_docs, val_docs = train_docs[:-n_val], train_docs[-n_val:]
+        docs = {"train": train_docs, "val": val_docs}
+        tasks = {split: [("texts", d[i:i + TASK_DOCUMENTS]) for i in range(0, len(d), TASK_DOCUMENTS)]
+                 for split, d in docs.items()}
+        return tasks, {split: len(d) for split, d in docs.items()}
+    return digest.hexdigest(), read_tasks
 
 
 def read_documents(path):

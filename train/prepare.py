@@ -51,11 +51,12 @@ def prepare(cfg, workers=None, quiet=False):
     """Prepare cfg.data into its data folder (unless it already is); returns that folder."""
     data_dir = data_dir_for(cfg)
     tokenizer = get_tokenizer(cfg.tokenizer)  # fails here, once, if gpt2's BPE files are missing
-    tasks, n_docs, source_hash = open_source(cfg)
+    source_hash, read_tasks = open_source(cfg)
     if is_prepared(data_dir, source_hash, tokenizer.name):
         if not quiet:
             print(f"{data_dir} is up to date ({cfg.data}, {tokenizer.name} tokens); nothing to do")
         return data_dir
+    tasks, n_docs = read_tasks()
     make_folder(data_dir, "data_dir")
     workers = workers or min(8, os.cpu_count() or 1)
     meta = {"source": cfg.data, "source_hash": source_hash, "tokenizer": tokenizer.name,
