@@ -9,6 +9,7 @@ import math
 import numpy as np
 
 from engine import kernels
+from engine.errors import UserError
 
 
 class AdamW:
@@ -37,7 +38,13 @@ class AdamW:
             tensors[f"adam_v.{name}"] = self.store.view(self.v, name)
         return tensors
 
-    def load_state_tensors(self, tensors, step_count):
+    def load_state_tensors(self, tensors, step_count, source):
+        """Load the moments from state_tensors()'s entries, or a UserError naming the first
+        parameter whose moments `source` lacks or holds in another shape."""
+        for name, shape in self.store.shapes.items():
+            if any(tuple(getattr(tensors.get(f"{moment}.{name}"), "shape", ())) != tuple(shape)
+                   for moment in ("adam_m", "adam_v")):
+                raise UserError(f"{source} has no usable AdamW state for {name}; it cannot resume training")
         for name in self.store.shapes:
             self.store.view(self.m, name)[...] = self.store.xp.asarray(tensors[f"adam_m.{name}"])
             self.store.view(self.v, name)[...] = self.store.xp.asarray(tensors[f"adam_v.{name}"])

@@ -81,12 +81,7 @@ def load_checkpoint(path, model, optimizer, cfg):
     tensors, metadata = read_checkpoint(path, cfg)
     model.store.load_tensors(tensors, path)
     if optimizer is not None:
-        unusable = [n for n, shape in model.store.shapes.items()
-                    if any(tuple(getattr(tensors.get(f"{moment}.{n}"), "shape", ())) != tuple(shape)
-                           for moment in ("adam_m", "adam_v"))]
-        if unusable:
-            raise UserError(f"{path} has no usable AdamW state for {unusable[0]}; it cannot resume training")
-        optimizer.load_state_tensors(tensors, metadata["step"])
+        optimizer.load_state_tensors(tensors, metadata["step"], path)
     return metadata
 
 
