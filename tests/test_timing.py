@@ -57,6 +57,15 @@ def test_json_reports_positive_numbers(prog, iters_flag, mode, capsys):
         assert r["comm_ms"] == 0.0, "one rank has nothing to communicate"
     else:
         assert "comm_ms" not in r
+    assert r["page_faults_per_iter"] >= 0 and r["system_ms_per_iter"] >= 0
+    assert r["peak_rss_mib"] > 50, "the interpreter, NumPy and Numba alone are more than 50 MiB"
+
+
+def test_host_memory_is_per_iteration():
+    before = types.SimpleNamespace(ru_minflt=1000, ru_stime=2.0, ru_maxrss=100 * 1024)
+    after = types.SimpleNamespace(ru_minflt=1600, ru_stime=2.03, ru_maxrss=300 * 1024)
+    memory = timing.host_memory(before, after, iters=3)
+    assert memory == pytest.approx({"page_faults_per_iter": 200, "system_ms_per_iter": 10, "peak_rss_mib": 300})
 
 
 def test_a_given_peak_sets_the_mfu(capsys):

@@ -10,6 +10,7 @@ tokens/s, the achieved GFLOP/s and the MFU against an sgemm peak measured on the
 import functools
 import json
 import re
+import resource
 import statistics
 import sys
 import time
@@ -85,6 +86,15 @@ def time_steps(step, iters, warmup, world, xp, sync=None):
             seconds.append(time.perf_counter() - started)
             comm_seconds.append(sync.comm_seconds if sync is not None else 0.0)
     return seconds, comm_seconds
+
+
+def host_memory(before, after, iters):
+    """Minor page faults and system CPU time per iteration between two getrusage readings, and
+    the process's peak resident size. A fault in a steady-state step is memory the allocator
+    gave back to the kernel and had to ask for again."""
+    return {"page_faults_per_iter": (after.ru_minflt - before.ru_minflt) / iters,
+            "system_ms_per_iter": (after.ru_stime - before.ru_stime) * 1e3 / iters,
+            "peak_rss_mib": after.ru_maxrss / 1024}  # Linux gives ru_maxrss in KiB
 
 
 def gather(world, values):
@@ -262,8 +272,12 @@ def time_model(args, cfg, prog, mode):
     step = {"fw": forward, "fwbw": forward_backward}[mode]
     step_sync = sync if mode == "fwbw" else None
 
-    seconds, comm_seconds = time_steps(step, args.iters, args.warmup, world, xp, step_sync)
+    time_steps(step, 0, args.warmup, world, xp, step_sync)  # warm-up, kept out of the memory figures
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    seconds, comm_seconds = time_steps(step, args.iters, 0, world, xp, step_sync)
+    memory = host_memory(before, resource.getrusage(resource.RUSAGE_SELF), args.iters)
     seconds, comm_seconds = gather(world, seconds), gather(world, comm_seconds)
+    memory = {key: gather(world, [value]) for key, value in memory.items()}
     if not args.peak_gflops:
         # Once more after the timing, keeping the better: a single 0.3 s reading can land on a
         # slow moment of a shared machine, and the MFU against it then reads too high.
@@ -294,6 +308,7 @@ def time_model(args, cfg, prog, mode):
               "peak_gflops": peak_flops / 1e9, "peak_measured": not args.peak_gflops}
     result.update(summarise(seconds, tokens, flops_per_token[mode](model.store.numel, cfg.n_layer, cfg.d_model,
                                                                    seq_len), peak_flops))
+    result.update({key: max(values) for key, values in memory.items()})  # the worst rank's
     if mode == "fwbw":
         result["comm_ms"] = statistics.median(comm_seconds) * 1e3
         result["comm_share"] = result["comm_ms"] / result["median_ms"]
@@ -325,6 +340,9 @@ def print_table(r):
                    if r["peak_measured"] else "--peak-gflops x ranks")
     print(f"  achieved       {r['gflops']:,.1f} GFLOP/s, MFU {r['mfu']:.1%} of {r['peak_gflops']:,.1f} GFLOP/s "
           f"({peak_source})")
+    print(f"  host memory    {r['page_faults_per_iter']:,.0f} minor page faults and {r['system_ms_per_iter']:.1f} ms "
+          f"of system time per iteration, peak resident {r['peak_rss_mib']:,.0f} MiB"
+          + (" (the worst rank)" if r["ranks"] > 1 else ""))
     if r["mode"] == "fwbw" and r["ranks"] > 1:
         print(f"  communication  median {r['comm_ms']:.2f} ms per iteration, {r['comm_share']:.1%} of the step "
               f"(allreduce time backward did not hide)")
