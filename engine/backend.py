@@ -23,16 +23,30 @@ def get_array_module(device, tf32=False):
         raise UserError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
     if tf32:
         os.environ["CUPY_TF32"] = "1"  # read when CuPy makes its cuBLAS handle
-    try:
-        import cupy
-    except ImportError:
-        raise UserError("--device=gpu needs CuPy: pip install -e '.[gpu]' (cupy-cuda12x), or cupy-cuda13x "
-                        "for CUDA 13") from None
-    if not cupy.cuda.is_available():
-        raise UserError("--device=gpu: CuPy sees no CUDA device on this machine; use --device=cpu")
+    cupy = import_cupy("use --device=cpu")
     from engine.comm import world
     cupy.cuda.Device(world().local_rank % cupy.cuda.runtime.getDeviceCount()).use()
     return cupy
+
+
+def import_cupy(instead):
+    """CuPy, where it is installed and sees a GPU; else a UserError saying which is missing,
+    then `instead` (what to run instead)."""
+    try:
+        import cupy
+    except ImportError:
+        raise UserError("no GPU: CuPy is not installed (pip install -e '.[gpu]' for cupy-cuda12x, or "
+                        f"cupy-cuda13x for CUDA 13); {instead}") from None
+    if not cupy.cuda.is_available():
+        raise UserError(f"no GPU: CuPy finds no CUDA device on this machine; {instead}")
+    return cupy
+
+
+def synchronize(xp):
+    """Wait until the GPU has done the work queued so far, so a clock or a host-side reader
+    sees it done (a no-op on the CPU, where every call returns when its work is done)."""
+    if xp is not np:
+        xp.cuda.get_current_stream().synchronize()
 
 
 def array_module(x):

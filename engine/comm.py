@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from engine.backend import array_module
+from engine.backend import array_module, synchronize
 
 # Set by mpiexec/mpirun of MPICH, Intel MPI, Open MPI, and by PMIx/Slurm launchers.
 LAUNCHER_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")
@@ -65,6 +65,10 @@ class Comm:
     def broadcast_object(self, value, root=0):
         return self.comm.bcast(value, root=root) if self.world_size > 1 else value
 
+    def gather(self, value):
+        """Every rank's `value` as a list on the root, in rank order; None on the other ranks."""
+        return self.comm.gather(value, root=0) if self.world_size > 1 else [value]
+
     def sum_floats(self, values):
         """The elementwise sum over ranks of a short list of Python floats."""
         if self.world_size == 1:
@@ -107,7 +111,7 @@ class host_view:
         xp = array_module(self.array)
         if xp is np:
             return self.array
-        xp.cuda.get_current_stream().synchronize()
+        synchronize(xp)
         if mpi_is_cuda_aware(self.comm.mpi):
             return self.array
         self.staged = pinned_empty(self.array.shape, self.array.dtype)
@@ -158,12 +162,12 @@ class GradientAllreduce:
         elif self.kind == "nccl":
             nccl_allreduce_sum(self.nccl, grad)
         elif self.cuda_aware:
-            self.xp.cuda.get_current_stream().synchronize()
+            synchronize(self.xp)
             self.pending.append(self.comm.comm.Iallreduce(MPI.IN_PLACE, grad, op=MPI.SUM))
         else:
             host = self.staged[start:stop]
             grad.get(out=host, stream=self.xp.cuda.get_current_stream())
-            self.xp.cuda.get_current_stream().synchronize()
+            synchronize(self.xp)
             self.pending.append(self.comm.comm.Iallreduce(MPI.IN_PLACE, host, op=MPI.SUM))
         self.comm_seconds += time.perf_counter() - started
 
@@ -177,8 +181,7 @@ class GradientAllreduce:
         if self.xp is not np and self.kind != "nccl" and not self.cuda_aware:
             self.store.grad.set(self.staged)
         self.store.grad *= self.store.grad.dtype.type(1.0 / self.comm.world_size)
-        if self.xp is not np:
-            self.xp.cuda.get_current_stream().synchronize()
+        synchronize(self.xp)
         self.comm_seconds += time.perf_counter() - started
 
 

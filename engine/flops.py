@@ -3,6 +3,8 @@ import time
 
 import numpy as np
 
+from engine.backend import synchronize
+
 
 def training_flops_per_token(n_params, n_layer, d_model, seq_len):
     """Forward + backward FLOPs per token: 6 per parameter (2 forward, 4 backward) plus
@@ -37,7 +39,6 @@ def measure_matmul_flops(xp=np, dtype=np.float32, n=1024, seconds=0.3):
 
     def product():
         xp.matmul(a, b, out=out)
-        if xp is not np:
-            xp.cuda.get_current_stream().synchronize()
+        synchronize(xp)
 
     return 2 * n ** 3 / best_seconds(product, seconds)

@@ -40,15 +40,22 @@ def parse_with_config(parser, argv=None):
     return args, load_config(args.config, rest)
 
 
+def user_message(error):
+    if isinstance(error, MemoryError):
+        return f"out of memory ({error}); try a smaller batch_size, seq_len or model"
+    return str(error)
+
+
 def run_main(main, prog):
-    """Run a command's main() and return its status. A UserError becomes one line on stderr and
-    status 2. Under mpirun, any exception on any rank prints one line naming the rank and ends
+    """Run a command's main() and return its status. A UserError, or running out of memory (a
+    batch, sequence or model too big for the machine), becomes one line on stderr and status 2.
+    Under mpirun, any exception on any rank prints one line naming the rank and ends
     every rank at once through MPI_Abort, rather than leaving the others waiting forever."""
     if not comm.launched_by_mpi():
         try:
             return main()
-        except UserError as e:
-            print(f"{prog}: error: {e}", file=sys.stderr)
+        except (UserError, MemoryError) as e:
+            print(f"{prog}: error: {user_message(e)}", file=sys.stderr)
             sys.exit(2)
         except KeyboardInterrupt:
             print(f"{prog}: interrupted", file=sys.stderr)
@@ -56,8 +63,8 @@ def run_main(main, prog):
     world = comm.world()
     try:
         return main()
-    except UserError as e:
-        print(f"{prog}: rank {world.rank}: error: {e}", file=sys.stderr)
+    except (UserError, MemoryError) as e:
+        print(f"{prog}: rank {world.rank}: error: {user_message(e)}", file=sys.stderr)
         world.abort(2)
     except BaseException as e:  # a bug, or Ctrl-C outside the training loop: all ranks must end
         if not isinstance(e, (KeyboardInterrupt, SystemExit)):

@@ -4,11 +4,12 @@ commands, timing the model's forward or forward+backward on random tokens.
 fw times `model.forward(idx, targets)`, the loss included. fwbw times one training step
 without the optimizer: zero_grad, forward, backward and, under MPI, the gradient allreduce.
 Every rank's per-iteration times are gathered to rank 0, which prints the median, min and max,
-tokens/s, the achieved GFLOP/s and the MFU against an sgemm peak measured on the spot.
+tokens/s, the achieved GFLOP/s and the MFU against a matrix-product peak measured on the spot.
 --profile then times every layer, on iterations of their own since the timers cost time.
 """
 import functools
 import json
+import math
 import re
 import resource
 import statistics
@@ -19,8 +20,8 @@ from collections import defaultdict
 import numpy as np
 
 from engine import comm
+from engine.backend import import_cupy, synchronize
 from engine.comm import GradientAllreduce
-from engine.errors import UserError
 from engine.flops import forward_flops_per_token, measure_matmul_flops, training_flops_per_token
 from engine.kernels import blas
 from engine.threads import set_threads, threads_per_rank
@@ -46,29 +47,9 @@ LAYER_KINDS = {"tok_emb": "embedding", "pos": "positions",
                "head": "head (tied)", "xent": "cross-entropy", "": "other", "ffn": "other"}
 # The rows that are a matrix product with a weight matrix (and its bias add or sum).
 MATMUL_KINDS = ("linear qkv", "linear attn.proj", "linear fc", "linear ffn.proj", "head (tied)")
-ROW_ORDER = ("embedding", "positions", "layernorm", "attention core", "linear qkv", "linear attn.proj",
-             "linear fc", "gelu", "linear ffn.proj", "head (tied)", "cross-entropy")
+ROW_ORDER = tuple(kind for kind in dict.fromkeys(LAYER_KINDS.values()) if kind != "other")
 MODEL = "(model)"  # the profiler's key for the Decoder's own forward and backward
 ATTENTION_PRODUCTS = "(attention products)"  # its key for the CPU attention's batched products
-
-
-def synchronize(xp):
-    """Wait until the GPU has done the work queued so far, so the clock reads when it is done
-    (a no-op on the CPU, where every call returns when its work is done)."""
-    if xp is not np:
-        xp.cuda.get_current_stream().synchronize()
-
-
-def require_gpu(prog):
-    """A UserError naming the CPU commands, unless CuPy is installed and sees a GPU."""
-    cpu_commands = "nano2_cpu_fw / nano2_cpu_fwandbw time the CPU"
-    try:
-        import cupy
-    except ImportError:
-        raise UserError(f"no GPU: {prog} needs CuPy and an NVIDIA GPU (CuPy is not installed); "
-                        f"{cpu_commands}") from None
-    if not cupy.cuda.is_available():
-        raise UserError(f"no GPU: CuPy finds no CUDA device here; {cpu_commands}")
 
 
 def time_steps(step, iters, warmup, world, xp, sync=None):
@@ -99,9 +80,7 @@ def host_memory(before, after, iters):
 
 def gather(world, values):
     """Every rank's list of floats, concatenated on rank 0 (None on the other ranks)."""
-    if world.world_size == 1:
-        return list(values)
-    lists = world.comm.gather(list(values), root=0)
+    lists = world.gather(list(values))
     return None if lists is None else [v for rank_values in lists for v in rank_values]
 
 
@@ -230,8 +209,8 @@ def make_parser(prog, device, mode):
 def checked_args(parser, args, mode):
     for flag in ("fw_iters", "fwbw_iters", "batch_size", "seq_len", "peak_gflops"):
         value = getattr(args, flag, None)
-        if value is not None and value <= 0:
-            parser.error(f"--{flag.replace('_', '-')} must be positive")
+        if value is not None and not 0 < value < math.inf:  # NaN fails both comparisons
+            parser.error(f"--{flag.replace('_', '-')} must be positive{' and finite' if isinstance(value, float) else ''}")
     if args.warmup < 0:
         parser.error("--warmup must not be negative")
     args.iters = args.fw_iters if mode == "fw" else args.fwbw_iters
@@ -250,7 +229,7 @@ def time_model(args, cfg, prog, mode):
     xp = model.xp
     rng = np.random.default_rng([cfg.seed, world.rank])
     idx, targets = (xp.asarray(a) for a in random_batch(rng, batch_size, seq_len, cfg.vocab_size))
-    sync = GradientAllreduce(world, model.store, cfg.comm)
+    sync = GradientAllreduce(world, model.store, cfg.comm) if mode == "fwbw" else None
 
     def forward():
         model.forward(idx, targets)
@@ -268,36 +247,31 @@ def time_model(args, cfg, prog, mode):
 
     peak_per_rank = args.peak_gflops * 1e9 if args.peak_gflops else measure_peak()
     tokens = world.world_size * batch_size * seq_len
-    flops_per_token = {"fw": forward_flops_per_token, "fwbw": training_flops_per_token}
+    flops_per_token = {"fw": forward_flops_per_token, "fwbw": training_flops_per_token}[mode](
+        model.store.numel, cfg.n_layer, cfg.d_model, seq_len)
     step = {"fw": forward, "fwbw": forward_backward}[mode]
-    step_sync = sync if mode == "fwbw" else None
 
-    time_steps(step, 0, args.warmup, world, xp, step_sync)  # warm-up, kept out of the memory figures
+    time_steps(step, 0, args.warmup, world, xp, sync)  # warm-up, kept out of the memory figures
     before = resource.getrusage(resource.RUSAGE_SELF)
-    seconds, comm_seconds = time_steps(step, args.iters, 0, world, xp, step_sync)
-    memory = host_memory(before, resource.getrusage(resource.RUSAGE_SELF), args.iters)
+    seconds, comm_seconds = time_steps(step, args.iters, 0, world, xp, sync)
+    memories = world.gather(host_memory(before, resource.getrusage(resource.RUSAGE_SELF), args.iters))
     seconds, comm_seconds = gather(world, seconds), gather(world, comm_seconds)
-    memory = {key: gather(world, [value]) for key, value in memory.items()}
     if not args.peak_gflops:
         # Once more after the timing, keeping the better: a single 0.3 s reading can land on a
         # slow moment of a shared machine, and the MFU against it then reads too high.
         peak_per_rank = max(peak_per_rank, measure_peak())
     peak_flops = world.sum_floats([peak_per_rank])[0]
-    profile = fw_only = None
+    profile = fw_seconds = None
     if args.profile:
         if mode == "fwbw":
             # The forward alone, each iteration right after a forward+backward, so that the
             # machine's speed drifting between two separate runs does not show in their ratio.
             fw_seconds, paired_seconds = [], []
             for _ in range(args.fw_iters):
-                paired_seconds += time_steps(step, 1, 0, world, xp, step_sync)[0]
+                paired_seconds += time_steps(step, 1, 0, world, xp, sync)[0]
                 fw_seconds += time_steps(forward, 1, 0, world, xp)[0]
             fw_seconds, paired_seconds = gather(world, fw_seconds), gather(world, paired_seconds)
-            if world.is_root:
-                fw_only = summarise(fw_seconds, tokens, flops_per_token["fw"](model.store.numel, cfg.n_layer,
-                                                                              cfg.d_model, seq_len), peak_flops)
-                fw_only["fwbw_over_fw"] = statistics.median(paired_seconds) / statistics.median(fw_seconds)
-        profile = run_profile(model, step, args.iters, world, step_sync, mode)
+        profile = run_profile(model, step, args.iters, world, sync, mode)
     if not world.is_root:
         return None
 
@@ -306,19 +280,18 @@ def time_model(args, cfg, prog, mode):
               "d_ff": cfg.d_ff, "parameters": model.store.numel, "dtype": cfg.dtype, "batch_size": batch_size,
               "seq_len": seq_len, "ranks": world.world_size, "threads_per_rank": threads, "warmup": args.warmup,
               "peak_gflops": peak_flops / 1e9, "peak_measured": not args.peak_gflops}
-    result.update(summarise(seconds, tokens, flops_per_token[mode](model.store.numel, cfg.n_layer, cfg.d_model,
-                                                                   seq_len), peak_flops))
-    result.update({key: max(values) for key, values in memory.items()})  # the worst rank's
+    result.update(summarise(seconds, tokens, flops_per_token, peak_flops))
+    result.update({key: max(m[key] for m in memories) for key in memories[0]})  # the worst rank's
     if mode == "fwbw":
         result["comm_ms"] = statistics.median(comm_seconds) * 1e3
         result["comm_share"] = result["comm_ms"] / result["median_ms"]
     if profile is not None:
         result["profile"] = profile
         profile["timed_overhead"] = profile["step_ms"] / result["median_ms"] - 1
-        if fw_only is not None:
-            profile["fw_median_ms"] = fw_only["median_ms"]
+        if fw_seconds is not None:
+            profile["fw_median_ms"] = statistics.median(fw_seconds) * 1e3
             profile["fw_iters"] = args.fw_iters
-            profile["fwbw_over_fw"] = fw_only["fwbw_over_fw"]
+            profile["fwbw_over_fw"] = statistics.median(paired_seconds) / statistics.median(fw_seconds)
     return result
 
 
@@ -336,7 +309,8 @@ def print_table(r):
           f"statistics over all ranks")
     print(f"  per iteration  median {r['median_ms']:.2f} ms  (min {r['min_ms']:.2f}, max {r['max_ms']:.2f})")
     print(f"  tokens/s       {r['tokens_per_s']:,.0f}")
-    peak_source = ("measured: best 1024x1024 sgemm on each rank, before and after the timing, summed"
+    peak_source = ("measured: best 1024x1024 matrix product in the model's dtype on each rank, before and after "
+                   "the timing, summed"
                    if r["peak_measured"] else "--peak-gflops x ranks")
     print(f"  achieved       {r['gflops']:,.1f} GFLOP/s, MFU {r['mfu']:.1%} of {r['peak_gflops']:,.1f} GFLOP/s "
           f"({peak_source})")
@@ -372,7 +346,7 @@ def main(argv=None, prog="nano2_cpu_fw"):
     args, cfg = parse_with_config(parser, argv)
     args = checked_args(parser, args, mode)
     if device == "gpu":
-        require_gpu(prog)
+        import_cupy("nano2_cpu_fw / nano2_cpu_fwandbw time the CPU")
     cfg.device = device  # a GPU config (gpt2-small.json) still times on the CPU with the CPU commands
     result = time_model(args, cfg, prog, mode)
     if result is not None:
