@@ -73,6 +73,26 @@ def test_nonfinite_names_the_layer_that_made_the_nan(monkeypatch, capsys):
     assert "in0" in out
 
 
+def test_nonfinite_names_the_layer_whose_parameter_gradient_is_nan(monkeypatch, capsys):
+    import layers.linear
+    real = layers.linear.linear_backward
+    calls = []
+
+    def nan_bias_gradient_in_the_second_call(dy, cache):
+        dx, dw, db = real(dy, cache)
+        calls.append(1)
+        if len(calls) == 2:
+            db = db.copy()
+            db[0] = np.nan  # only the store sees it: dx, the backward's output, stays finite
+        return dx, dw, db
+
+    monkeypatch.setattr(layers.linear, "linear_backward", nan_bias_gradient_in_the_second_call)
+    status, out, _ = run(["nonfinite", *SMALL], capsys)
+    assert status == 1
+    # Backward meets the linears from the last: ffn.proj, ffn.fc, attn.proj of block 1.
+    assert "first non-finite: blocks.1.ffn.fc backward" in out and "gradient of blocks.1.ffn.fc.bias" in out
+
+
 def test_nonfinite_reports_a_clean_step(capsys):
     status, out, _ = run(["nonfinite", *SMALL], capsys)
     assert status == 0 and "no NaN or Inf" in out
@@ -104,6 +124,22 @@ def test_step_follows_scripted_commands(monkeypatch, capsys):
     assert stops[2].split()[1:3] == ["blocks.0.attn", "backward"] and len(stops) == 3
     assert "no tensor 'nothing' here" in out and "breakpoint at blocks.0.attn:backward" in out
     assert out.strip().endswith("step finished")
+
+
+def test_step_refuses_a_breakpoint_naming_no_layer_and_asks_again(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("b blocks.0.atn:backward\nc blocks.9.ln1\nb\nq\n"))
+    status, out, _ = run(["step", *SMALL], capsys)
+    assert status == 0
+    assert out.count("no such layer and phase") == 3 and "breakpoint at" not in out
+    assert "step finished" not in out, "the prompt asked again each time, and q quit"
+
+
+def test_diff_refuses_a_tolerance_that_cannot_compare(tmp_path, capsys):
+    a = str(tmp_path / "a.safetensors")
+    assert run(["dump", *SMALL, "--out", a], capsys)[0] == 0
+    for tol in ("nan", "-1"):
+        status, _, err = run(["diff", a, a, "--tol", tol], capsys)
+        assert status == 2 and len(err.strip().splitlines()) == 1 and "--tol must not be negative" in err, err
 
 
 def test_step_from_a_script_with_break():

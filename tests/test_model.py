@@ -48,6 +48,12 @@ def test_gradcheck_tool_passes_on_tiny_config(capsys):
     assert "blocks.3.ffn.proj.weight" in out
 
 
+@pytest.mark.parametrize("spelling", ["--batch_size=1 --seq_len=3", "--batch-size=1 --seq-len=3"])
+def test_gradcheck_tool_takes_batch_and_length_in_either_spelling(spelling, capsys):
+    assert gradcheck.main(["--config", "configs/tiny.json", "--samples", "1", *spelling.split()]) == 0
+    assert "batch 1 x 3 tokens" in capsys.readouterr().out
+
+
 def test_gradcheck_tool_fails_on_a_wrong_backward(monkeypatch, capsys):
     import layers.layernorm as layernorm
     correct = layernorm.layernorm_backward

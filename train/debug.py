@@ -24,13 +24,13 @@ from engine import comm
 from engine.backend import to_numpy
 from engine.errors import UserError
 from engine.params import read_safetensors, write_safetensors
-from train.cli import ArgumentParser, parse_with_config, run_main
-from train.config import build_model
+from train.cli import ArgumentParser, run_main
+from train.config import build_model, load_config
 from train.data import TokenData
-from train.gradcheck import EPS, central_differences, random_batch, relative_error, sample_entries
+from train.gradcheck import EPS, TOLERANCE, central_differences, random_batch, relative_error, sample_entries
 from train.tracing import Tracer, summary
 
-CHECK_TOLERANCE = 1e-6
+CHECK_TOLERANCE = TOLERANCE["float64"]
 
 
 def write_state(model, cfg, idx, targets, path):
@@ -49,20 +49,22 @@ def write_state(model, cfg, idx, targets, path):
     return float(loss)
 
 
-def setup(args, cfg, dtype=None):
+def setup(cfg, dtype=None):
     """The model and this rank's batch: its rows of a seeded random batch, or, given --data_dir,
     of the first validation batch of that prepared folder."""
     world = comm.world()
-    rows = cfg.batch_size * world.world_size
     if cfg.data_dir:
         data = TokenData(cfg.data_dir)
         data.check_fits(cfg.seq_len, cfg.vocab_size)
-        idx, targets = data.batch("val", cfg.seed, 0, rows, cfg.seq_len)
+        idx, targets = data.batch("val", cfg.seed, 0, cfg.batch_size, cfg.seq_len, rank=world.rank,
+                                  world=world.world_size)
     else:
+        rows = cfg.batch_size * world.world_size
         idx, targets = random_batch(np.random.default_rng(cfg.seed), rows, cfg.seq_len, cfg.vocab_size)
-    mine = slice(world.rank * cfg.batch_size, (world.rank + 1) * cfg.batch_size)
+        mine = slice(world.rank * cfg.batch_size, (world.rank + 1) * cfg.batch_size)
+        idx, targets = idx[mine], targets[mine]
     model = build_model(cfg, dtype=dtype)
-    return model, model.xp.asarray(idx[mine]), model.xp.asarray(targets[mine])
+    return model, model.xp.asarray(idx), model.xp.asarray(targets)
 
 
 def traced_step(model, idx, targets, on_event=None):
@@ -93,8 +95,14 @@ def format_summary(label, s):
 SUMMARY_HEADER = f"{'tensor':<9} {'shape':>13} {'mean':>10} {'std':>9} {'min':>10} {'max':>10} {'max|x|':>9} {'nan/inf':>5}"
 
 
+def print_event_tensors(event):
+    print(SUMMARY_HEADER)
+    for label, s in tensor_rows(event):
+        print(format_summary(label, s))
+
+
 def trace_command(args, cfg):
-    model, idx, targets = setup(args, cfg)
+    model, idx, targets = setup(cfg)
     tracer = traced_step(model, idx, targets)
     print(f"{'#':>3} {'layer':<22} {'phase':<8} {'ms':>7}  {SUMMARY_HEADER}")
     for e in tracer.events:
@@ -119,7 +127,6 @@ def check_layer(model, name, layer, inputs, upstream, n_samples, rng):
     """[(tensor, relative error)] for one layer's backward against central differences of
     L = Σ forward(inputs) · upstream, on sampled entries of its float inputs and parameters."""
     store = model.store
-    saved = store.grad.copy()
     store.zero_grad()
     xp = model.xp
     inputs = [xp.asarray(a) for a in inputs]
@@ -128,7 +135,6 @@ def check_layer(model, name, layer, inputs, upstream, n_samples, rng):
     dx = layer.backward(g)
     names = layer_parameters(store, name, layer)
     analytic = {n: to_numpy(store.grads[n]).copy() for n in names}
-    store.grad[...] = saved
 
     def loss():
         return (layer.forward(*inputs) * g).sum()
@@ -147,7 +153,7 @@ def check_layer(model, name, layer, inputs, upstream, n_samples, rng):
 def check_command(args, cfg):
     if args.samples <= 0:
         raise UserError("--samples must be positive")
-    model, idx, targets = setup(args, cfg, dtype="float64")
+    model, idx, targets = setup(cfg, dtype="float64")
     tracer = traced_step(model, idx, targets)
     last_forward = {}
     rng = np.random.default_rng(0)
@@ -174,15 +180,26 @@ def check_command(args, cfg):
 
 
 def nonfinite_command(args, cfg):
-    model, idx, targets = setup(args, cfg)
-    tracer = traced_step(model, idx, targets)
+    model, idx, targets = setup(cfg)
+    store = model.store
+    bad_gradients = {}  # event index: the first parameter whose gradient was non-finite right after it
+
+    def check_gradients(e):
+        # A backward's parameter gradients go into the store, not into its outputs; the events
+        # come innermost layer first, so the first to see one is the layer that wrote it.
+        if e.phase == "backward":
+            for name in layer_parameters(store, e.name, e.layer):
+                if not bool(model.xp.isfinite(store.grads[name]).all()):
+                    bad_gradients[e.index] = name
+                    return
+
+    tracer = traced_step(model, idx, targets, on_event=check_gradients)
     for e in tracer.events:
         bad = [k for k, a in enumerate(e.outputs) if not np.isfinite(a).all()]
-        if bad:
-            print(f"first non-finite: {e.name} {e.phase} (event {e.index}), output {bad[0]}")
-            print(SUMMARY_HEADER)
-            for label, s in tensor_rows(e):
-                print(format_summary(label, s))
+        if bad or e.index in bad_gradients:
+            what = f"output {bad[0]}" if bad else f"the gradient of {bad_gradients[e.index]}"
+            print(f"first non-finite: {e.name} {e.phase} (event {e.index}), {what}")
+            print_event_tensors(e)
             return 1
     print("no NaN or Inf in any layer's output or gradient")
     return 0
@@ -197,7 +214,7 @@ def dump_path(path, world):
 
 
 def dump_command(args, cfg):
-    model, idx, targets = setup(args, cfg)
+    model, idx, targets = setup(cfg)
     tracer = traced_step(model, idx, targets)
     tensors = {}
     for e in tracer.events:
@@ -248,7 +265,8 @@ class Stepper:
             "p TENSOR: print in0/out0/... | l: list breakpoints | pdb: debugger with layer, cache, inputs, outputs | "
             "q: quit")
 
-    def __init__(self, breakpoints, stepping):
+    def __init__(self, layer_names, breakpoints, stepping):
+        self.layer_names = layer_names
         self.breakpoints = set(breakpoints)
         self.stepping = stepping
         self.run_to = None
@@ -260,9 +278,7 @@ class Stepper:
         if not (self.stepping or self.breakpoints & here):
             return
         print(f"[{e.index}] {e.name} {e.phase} ({e.seconds * 1e3:.2f} ms)")
-        print(SUMMARY_HEADER)
-        for label, s in tensor_rows(e):
-            print(format_summary(label, s))
+        print_event_tensors(e)
         self.prompt(e)
 
     def prompt(self, e):
@@ -277,10 +293,14 @@ class Stepper:
             if command in ("n", "next", ""):
                 self.stepping = True
                 return
-            if command in ("c", "continue"):
+            names_a_call = command in ("b", "break") or (command in ("c", "continue") and argument)
+            error = breakpoint_error(self.layer_names, argument) if names_a_call else None
+            if error:
+                print(error)  # and ask again, rather than run to the end without stopping
+            elif command in ("c", "continue"):
                 self.stepping, self.run_to = False, argument or None
                 return
-            if command in ("b", "break"):
+            elif command in ("b", "break"):
                 self.breakpoints.add(argument)
                 print(f"breakpoint at {argument}")
             elif command == "l":
@@ -300,22 +320,29 @@ class Stepper:
                 print(self.HELP)
 
 
+def breakpoint_error(layer_names, breakpoint):
+    """Why NAME or NAME:PHASE names no layer call, or None if it does."""
+    name, _, phase = breakpoint.partition(":")
+    if name in layer_names and phase in ("", "forward", "backward"):
+        return None
+    return (f"{breakpoint}: no such layer and phase (NAME or NAME:forward|backward; the layers are listed "
+            f"by `nano2_debug trace`)")
+
+
 def step_command(args, cfg):
-    model, idx, targets = setup(args, cfg)
+    model, idx, targets = setup(cfg)
     names = {name for name, _ in model.named_layers()}
     for breakpoint in args.breaks:
-        name, _, phase = breakpoint.partition(":")
-        if name not in names or phase not in ("", "forward", "backward"):
-            raise UserError(f"--break {breakpoint}: no such layer and phase (NAME or NAME:forward|backward; "
-                            f"the layers are listed by `nano2_debug trace`)")
-    stepper = Stepper(args.breaks, stepping=not args.breaks)
+        if breakpoint_error(names, breakpoint):
+            raise UserError(f"--break {breakpoint_error(names, breakpoint)}")
+    stepper = Stepper(names, args.breaks, stepping=not args.breaks)
     traced_step(model, idx, targets, on_event=stepper)
     print("step finished")
     return 0
 
 
 def state_command(args, cfg):
-    model, idx, targets = setup(args, cfg)
+    model, idx, targets = setup(cfg)
     loss = write_state(model, cfg, idx, targets, args.out)
     print(f"wrote {args.out}: loss {loss:.6f}, {len(model.store.shapes)} parameters and their "
           f"gradients, batch {cfg.batch_size} x {cfg.seq_len}, {cfg.dtype}")
@@ -352,8 +379,10 @@ def main(argv=None):
     if args.command == "diff":
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        if not args.tol >= 0:  # NaN fails too
+            parser.error("--tol must not be negative")
         return diff_command(args)
-    args, cfg = parse_with_config(parser, argv)
+    cfg = load_config(args.config, rest)
     return {"state": state_command, "trace": trace_command, "check": check_command, "step": step_command,
             "dump": dump_command, "nonfinite": nonfinite_command}[args.command](args, cfg)
 

@@ -85,8 +85,10 @@ def main(argv=None):
     parser.add_argument("--config", help="JSON config file (default: the built-in defaults)")
     parser.add_argument("--dtype", choices=sorted(TOLERANCE), default="float64",
                         help="dtype of the backward under test (default float64)")
-    parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--seq-len", type=int, default=16)
+    # A check wants a small batch whatever the config trains with, so these are the tool's own
+    # flags, in either spelling (the config's batch_size and seq_len are not used).
+    parser.add_argument("--batch-size", "--batch_size", type=int, default=2)
+    parser.add_argument("--seq-len", "--seq_len", type=int, default=16)
     parser.add_argument("--samples", type=int, default=6, help="entries checked per tensor")
     parser.add_argument("--eps", type=float, default=EPS, help=f"finite-difference step (default {EPS:g})")
     parser.add_argument("--tol", type=float, help="largest relative error that passes (default by dtype)")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine.backend import to_numpy
+from engine.backend import synchronize, to_numpy
 
 
 @dataclass
@@ -31,7 +31,7 @@ def arrays(values):
         return []
     if not isinstance(values, tuple):
         values = (values,)
-    return [to_numpy(v).copy() for v in values if hasattr(v, "shape")]
+    return [v.copy() if isinstance(v, np.ndarray) else to_numpy(v) for v in values if hasattr(v, "shape")]
 
 
 class Patches:
@@ -62,6 +62,7 @@ class Tracer:
         each one (a debugger stops there)."""
         self.events = []
         self.on_event = on_event
+        self.xp = model.xp
         self.patches = Patches()
         for name, layer in model.named_layers():
             for phase in ("forward", "backward"):
@@ -72,8 +73,9 @@ class Tracer:
         def recorded(*args, **kwargs):
             started = time.perf_counter()
             result = original(*args, **kwargs)
-            event = Event(len(self.events), name, phase, layer, arrays(tuple(args)), arrays(result),
-                          time.perf_counter() - started)
+            synchronize(self.xp)
+            seconds = time.perf_counter() - started  # before the host copies below
+            event = Event(len(self.events), name, phase, layer, arrays(tuple(args)), arrays(result), seconds)
             self.events.append(event)
             if self.on_event is not None:
                 self.on_event(event)
