@@ -67,9 +67,6 @@ def write_safetensors(path, tensors, metadata):
     so a crash mid-write never leaves a half-written file where a good one was."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    tensors = {name: np.ascontiguousarray(to_numpy(t)) for name, t in tensors.items()}
-    text_metadata = {key: value if isinstance(value, str) else json.dumps(value)
-                     for key, value in metadata.items()}
     if os.path.isdir(path):
         raise UserError(f"cannot write {path}: it is a folder")
     try:  # a path the user gave that cannot hold a file is their mistake, said in one line
@@ -79,6 +76,9 @@ def write_safetensors(path, tensors, metadata):
         raise UserError(f"cannot write {path}: {e.strerror or e}") from None
     os.close(fd)
     try:
+        tensors = {name: np.ascontiguousarray(to_numpy(t)) for name, t in tensors.items()}
+        text_metadata = {key: value if isinstance(value, str) else json.dumps(value)
+                         for key, value in metadata.items()}
         save_file(tensors, tmp, metadata=text_metadata)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())

@@ -17,13 +17,14 @@ cd "$(dirname "$0")/.."
 MPIEXEC=${MPIEXEC:-.venv/bin/mpiexec}
 if "$MPIEXEC" --version 2>&1 | grep -q "Open MPI"; then flavour=openmpi; else flavour=hydra; fi
 
-launcher=() command=() hosts="" per_node="" np=""
+launcher=() command=() hosts="" hostfile="" per_node="" np=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --) shift; command=("$@"); break ;;
         -H|--host|-hosts) hosts=$2; shift 2 ;;
         -N|-ppn|--npernode) per_node=$2; shift 2 ;;
-        --hostfile|-hostfile|-f|--machinefile) launcher+=("$([ $flavour = hydra ] && echo -f || echo --hostfile)" "$2"); shift 2 ;;
+        --hostfile|-hostfile|-f|--machinefile) hostfile=$2
+            launcher+=("$([ $flavour = hydra ] && echo -f || echo --hostfile)" "$2"); shift 2 ;;
         -n|-np) np=$2; shift 2 ;;
         *) launcher+=("$1"); shift ;;
     esac
@@ -37,6 +38,8 @@ fi
 if [ -z "$np" ]; then
     if [ -n "$hosts" ] && [ -n "$per_node" ]; then
         np=$(( $(tr ',' '\n' <<<"$hosts" | grep -c .) * per_node ))
+    elif [ -n "$hostfile" ] && [ -n "$per_node" ]; then  # one host per line; # starts a comment
+        np=$(( $(sed 's/#.*//' "$hostfile" | grep -c '[^[:space:]]') * per_node ))
     else
         np=${NP:-2}
     fi

@@ -241,6 +241,41 @@ def test_meta_json_missing_a_key_is_refused(tmp_path, stories_dir):
         TokenData(str(copy))
 
 
+@pytest.mark.parametrize("damage", ["a list", "no validation bytes"])
+def test_meta_json_of_the_wrong_shape_is_refused(tmp_path, stories_dir, damage):
+    import shutil
+    copy = tmp_path / "copy"
+    shutil.copytree(stories_dir, copy)
+    meta = json.loads((copy / "meta.json").read_text())
+    (copy / "meta.json").write_text(json.dumps([meta] if damage == "a list" else meta | {"val_bytes": 0}))
+    if damage == "a list":
+        assert not prepare_module.is_prepared(str(copy), meta["source_hash"], meta["tokenizer"])
+    with pytest.raises(UserError, match="meta.json is damaged"):
+        TokenData(str(copy))
+
+
+def test_meta_json_that_is_a_folder_is_refused(tmp_path):
+    (tmp_path / "t.txt").write_text("x" * 500)
+    (tmp_path / "t-val.txt").write_text("y" * 500)
+    (tmp_path / "out" / "meta.json").mkdir(parents=True)
+    cfg = load_config(None, [f"--data={tmp_path}", f"--data_dir={tmp_path / 'out'}"])
+    with pytest.raises(UserError, match="meta.json is a folder"):
+        prepare(cfg, workers=1, quiet=True)
+
+
+def test_data_dir_that_cannot_be_written_is_refused(tmp_path, monkeypatch):
+    import train.cli
+
+    def refused(dir):
+        raise PermissionError(13, "Permission denied")
+    (tmp_path / "t.txt").write_text("x" * 500)
+    (tmp_path / "t-val.txt").write_text("y" * 500)
+    monkeypatch.setattr(train.cli.tempfile, "TemporaryFile", refused)
+    cfg = load_config(None, [f"--data={tmp_path}", f"--data_dir={tmp_path / 'out'}"])
+    with pytest.raises(UserError, match="--data_dir=.*out: cannot write in this folder \\(Permission denied\\)"):
+        prepare(cfg, workers=1, quiet=True)
+
+
 def test_an_up_to_date_folder_is_known_without_reading_the_documents(tmp_path, monkeypatch):
     (tmp_path / "t.txt").write_text("one story.\n<|endoftext|>\nanother.\n<|endoftext|>\na third.\n")
     prepare_from(str(tmp_path / "t.txt"), tmp_path)

@@ -145,3 +145,19 @@ def test_buckets_tile_the_gradient_buffer():
     edges = sorted(buckets.values())
     assert edges[0][0] == 0 and edges[-1][1] == store.numel
     assert all(a[1] == b[0] for a, b in zip(edges, edges[1:]))
+
+
+@pytest.mark.parametrize("hosts, expected", [(["-H", "a,b,c", "-N", "2"], "-n 6 -hosts a,b,c -ppn 2"),
+                                             (["--hostfile", "HOSTFILE", "-N", "1"], "-n 3 -f HOSTFILE -ppn 1")])
+def test_run_mpi_counts_ranks_from_the_hosts(tmp_path, hosts, expected):
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("a\nb  # the second\n# retired: c\n\nd:2\n")
+    launcher = tmp_path / "launcher"
+    launcher.write_text('#!/bin/sh\nprintf "%s " "$@" > "$(dirname "$0")/argv"\n')
+    launcher.chmod(0o755)
+    argv = [str(hostfile) if a == "HOSTFILE" else a for a in hosts]
+    result = subprocess.run(["./scripts/run_mpi.sh", *argv, "--", "nano2_train"], capture_output=True, text=True,
+                            env={**os.environ, "MPIEXEC": str(launcher)}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "argv").read_text().strip() == f"{expected.replace('HOSTFILE', str(hostfile))} " \
+                                                      f"{os.path.join('.venv', 'bin', 'nano2_train')}"

@@ -213,6 +213,26 @@ def test_checkpoint_without_usable_adamw_state_is_refused(small_args, tmp_path, 
     assert status == 2 and "no usable AdamW state for ln_f.bias" in err
 
 
+@pytest.mark.parametrize("damage", [{"step": None}, {"step": "abc"}, {"step": 2.5}, {"best_val_loss": None}])
+def test_checkpoint_with_damaged_run_state_is_refused(small_args, tmp_path, capsys, damage):
+    assert run_train(small_args + ["--max_steps=2", "--eval_interval=2"]) == 0
+    path = tmp_path / "run" / "ckpt-0000002.safetensors"
+    tensors, metadata = read_safetensors(path)
+    metadata = {key: value for key, value in (metadata | damage).items() if value is not None}
+    from engine.params import write_safetensors
+    write_safetensors(path, tensors, metadata)
+    status, err = run_train(small_args + ["--max_steps=4", "--resume"], capsys)
+    assert status == 2 and len(err.strip().splitlines()) == 1
+    assert "is damaged: its metadata needs a step count and a best validation loss" in err, err
+
+
+def test_metrics_rows_without_a_step_are_skipped(tmp_path):
+    from train.plot import read_metrics
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 2.5}\n3\n{"loss": 2.4}\n{"step": 2, "val_loss": 2.4}\n')
+    assert read_metrics(path) == [{"step": 1, "loss": 2.5}, {"step": 2, "val_loss": 2.4}]
+
+
 def test_metrics_with_a_half_written_last_line_still_read(tmp_path):
     """A run killed while appending leaves a partial line; --resume and the plot must not fail on it."""
     from train.plot import read_metrics

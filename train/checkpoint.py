@@ -48,6 +48,8 @@ def mark_best(path, out_dir):
         os.link(path, tmp)
     except OSError:
         shutil.copyfile(path, tmp)
+        with open(tmp, "rb") as f:  # on disk before the rename, as write_safetensors does
+            os.fsync(f.fileno())
     os.replace(tmp, best)
 
 
@@ -73,6 +75,9 @@ def read_checkpoint(path, cfg):
         if saved.get(key) != getattr(cfg, key):
             raise UserError(f"{path} is from a different config: {key} is {saved.get(key)} there and "
                             f"{getattr(cfg, key)} here")
+    step, best = metadata.get("step"), metadata.get("best_val_loss")
+    if type(step) is not int or step < 0 or not isinstance(best, (int, float)) or isinstance(best, bool):
+        raise UserError(f"{path} is damaged: its metadata needs a step count and a best validation loss")
     return tensors, metadata
 
 

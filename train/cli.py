@@ -4,6 +4,7 @@ that, under MPI, ends the whole job when any rank fails."""
 import argparse
 import os
 import sys
+import tempfile
 import traceback
 
 from engine import comm
@@ -27,11 +28,17 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def make_folder(path, flag):
-    """os.makedirs(path), with a path that cannot be a folder as one UserError naming the flag."""
+    """os.makedirs(path), with a path that cannot be a folder, or a folder this process cannot
+    write in, as one UserError naming the flag."""
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
         raise UserError(f"--{flag}={path}: cannot make this folder ({e.strerror})") from None
+    try:
+        with tempfile.TemporaryFile(dir=path):  # permissions alone do not say (root, read-only mounts)
+            pass
+    except OSError as e:
+        raise UserError(f"--{flag}={path}: cannot write in this folder ({e.strerror})") from None
 
 
 def parse_with_config(parser, argv=None):

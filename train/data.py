@@ -219,11 +219,13 @@ class TokenData:
             raise UserError(f"{data_dir} holds no prepared data (no meta.json); run nano2_prepare first")
         try:
             with open(meta_path) as f:
-                self.meta = json.load(f)
-            dtype = np.dtype(self.meta["dtype"])
-            expected = {split: int(self.meta[f"{split}_tokens"]) for split in self.SPLITS}
-            self.vocab_size, self.tokenizer_name = int(self.meta["vocab_size"]), self.meta["tokenizer"]
-            self.val_bytes = int(self.meta["val_bytes"])
+                meta = json.load(f)
+            dtype = np.dtype(meta["dtype"])
+            expected = {split: int(meta[f"{split}_tokens"]) for split in self.SPLITS}
+            self.vocab_size, self.tokenizer_name = int(meta["vocab_size"]), meta["tokenizer"]
+            self.val_bytes = int(meta["val_bytes"])
+            if self.val_bytes <= 0:
+                raise ValueError(f"val_bytes is {self.val_bytes}")
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise UserError(f"{meta_path} is damaged ({e!r}); delete {data_dir} and prepare again") from None
         self.tokens = {}

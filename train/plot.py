@@ -10,15 +10,17 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 
 
 def read_metrics(path):
-    """The rows of metrics.jsonl; a line that does not decode (the last one, when a run was
-    killed while appending it) is skipped."""
+    """The rows of metrics.jsonl; a line that is not a row with a step (the last one, when a run
+    was killed while appending it, or a hand edit) is skipped."""
     rows = []
     with open(path) as f:
         for line in f:
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            if isinstance(row, dict) and isinstance(row.get("step"), int):
+                rows.append(row)
     return rows
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from engine import comm
+from engine.errors import UserError
 from train.cli import ArgumentParser, make_folder, parse_with_config, run_main
 from train.data import data_dir_for, open_source, task_texts
 from train.tokenizer import get_tokenizer
@@ -44,7 +45,7 @@ def is_prepared(data_dir, source_hash, tokenizer_name):
             meta = json.load(f)
     except (OSError, json.JSONDecodeError):
         return False
-    return meta.get("source_hash") == source_hash and meta.get("tokenizer") == tokenizer_name
+    return isinstance(meta, dict) and meta.get("source_hash") == source_hash and meta.get("tokenizer") == tokenizer_name
 
 
 def prepare(cfg, workers=None, quiet=False):
@@ -62,6 +63,8 @@ def prepare(cfg, workers=None, quiet=False):
     meta = {"source": cfg.data, "source_hash": source_hash, "tokenizer": tokenizer.name,
             "vocab_size": tokenizer.vocab_size, "dtype": np.dtype(tokenizer.token_dtype).name, "eot": tokenizer.eot}
     meta_path = os.path.join(data_dir, "meta.json")
+    if os.path.isdir(meta_path):
+        raise UserError(f"{meta_path} is a folder; remove it and prepare again")
     if os.path.exists(meta_path):
         os.remove(meta_path)  # the old .bin files are about to go: never leave a meta.json that lies
     written = []

@@ -74,10 +74,10 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     args = parser.parse_args(argv)
-    if args.max_new_tokens < 0 or not args.temperature >= 0 or args.top_k < 0 or args.num_samples < 1:
-        parser.error("--max-new-tokens, --temperature and --top-k must not be negative; --num-samples >= 1")
-    if math.isinf(args.temperature):
-        parser.error("--temperature must be finite")
+    if not 0 <= args.temperature < math.inf:  # NaN fails too
+        parser.error("--temperature must not be negative, and must be finite")
+    if args.max_new_tokens < 0 or args.top_k < 0 or args.num_samples < 1:
+        parser.error("--max-new-tokens and --top-k must not be negative; --num-samples >= 1")
     if not comm.world().is_root:
         return 0  # under mpirun, rank 0 alone samples (the others would print the same text)
     model, cfg = load_model(args.ckpt, args.device)
