@@ -1,8 +1,18 @@
-"""Central finite differences in float64, shared by the gradient tests: the same
-central_differences and relative_error that nano2_gradcheck uses."""
-import numpy as np
+"""Shared by the tests: the MPI launcher, central finite differences in float64 (the same central_differences
+and relative_error that nano2_gradcheck uses), and how close a fast kernel must come to
+engine/kernels/reference.py."""
+import os
+import sys
 
+import numpy as np
+import pytest
+
+from engine.backend import to_numpy
 from train.gradcheck import central_differences, relative_error
+
+KERNEL_TOLERANCE = {np.float32: 1e-5, np.float64: 1e-12}  # relative, against the reference
+MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")  # the mpich wheel's launcher
+needs_mpiexec = pytest.mark.skipif(not os.path.exists(MPIEXEC), reason="no mpiexec next to this Python")
 
 EPS = 1e-5
 TOLERANCE = 1e-6
@@ -11,6 +21,18 @@ TOLERANCE = 1e-6
 def numeric_grad(f, x, eps=EPS):
     """d f() / d x by central differences over every entry, perturbing `x` in place."""
     return central_differences(f, x.reshape(-1), range(x.size), eps).reshape(x.shape)
+
+
+def kernel_error(got, expected, scale=0.0):
+    """|got - expected| relative to |expected|, or to `scale` where the exact answer is (nearly)
+    zero and both sides hold only rounding; host or device arrays."""
+    got, expected = (np.asarray(to_numpy(a), np.float64) for a in (got, expected))
+    return np.linalg.norm(got - expected) / max(np.linalg.norm(expected), scale, 1e-300)
+
+
+def assert_kernel_close(got, expected, dtype, name="", scale=0.0):
+    err = kernel_error(got, expected, scale)
+    assert err <= KERNEL_TOLERANCE[dtype], f"{name}: relative error {err:.2e}"
 
 
 def assert_grad_close(analytic, f, x, name="", tol=TOLERANCE):

@@ -7,10 +7,10 @@ import sys
 import textwrap
 
 import pytest
+from helpers import MPIEXEC, needs_mpiexec
 
 cupy = pytest.importorskip("cupy", reason="needs CuPy (pip install -e '.[gpu]')")
-pytestmark = pytest.mark.skipif(not cupy.cuda.is_available(), reason="no CUDA device here")
-MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+pytestmark = [pytest.mark.skipif(not cupy.cuda.is_available(), reason="no CUDA device here"), needs_mpiexec]
 
 SCRIPT = textwrap.dedent("""
     import cupy, numpy as np

@@ -3,19 +3,11 @@ float32 within 1e-5 relative, float64 within 1e-12, on ragged shapes (T not a mu
 the query block, odd widths, one-row inputs)."""
 import numpy as np
 import pytest
+from helpers import KERNEL_TOLERANCE, assert_kernel_close
 
 from engine.kernels import cpu, reference
 
-TOLERANCE = {np.float32: 1e-5, np.float64: 1e-12}
-DTYPES = list(TOLERANCE)
-
-
-def assert_close(got, expected, dtype, name="", scale=0.0):
-    """Relative to the expected norm, or to `scale` where the exact answer is (nearly) zero and
-    both sides hold only rounding: dq of a one-position sequence, p - 1 for a sure target."""
-    got, expected = np.asarray(got, np.float64), np.asarray(expected, np.float64)
-    err = np.linalg.norm(got - expected) / max(np.linalg.norm(expected), scale, 1e-30)
-    assert err <= TOLERANCE[dtype], f"{name}: relative error {err:.2e}"
+DTYPES = list(KERNEL_TOLERANCE)
 
 
 def random(rng, shape, dtype, scale=1.0):
@@ -38,12 +30,12 @@ def test_attention(dtype, shape, packed):
         q, k, v, dout = (random(rng, shape, dtype) for _ in range(4))
     out, lse = cpu.attention_forward(q, k, v)
     expected_out, expected_lse = reference.attention_forward(q, k, v)
-    assert_close(out, expected_out, dtype, "out")
-    assert_close(lse, expected_lse, dtype, "lse")
+    assert_kernel_close(out, expected_out, dtype, "out")
+    assert_kernel_close(lse, expected_lse, dtype, "lse")
     got = cpu.attention_backward(dout, q, k, v, out, lse)
     expected = reference.attention_backward(dout, q, k, v, expected_out, expected_lse)
     for name, g, e in zip(("dq", "dk", "dv"), got, expected):
-        assert_close(g, e, dtype, name, scale=np.linalg.norm(dout.astype(np.float64)))
+        assert_kernel_close(g, e, dtype, name, scale=np.linalg.norm(dout.astype(np.float64)))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -55,10 +47,10 @@ def test_layernorm(dtype, shape):
     y, mean, rstd = cpu.layernorm_forward(x, w, b)
     ey, emean, erstd = reference.layernorm_forward(x, w, b)
     for name, g, e in (("y", y, ey), ("mean", mean, emean), ("rstd", rstd, erstd)):
-        assert_close(g, e, dtype, name)
+        assert_kernel_close(g, e, dtype, name)
     for name, g, e in zip(("dx", "dw", "db"), cpu.layernorm_backward(dy, x, mean, rstd, w),
                           reference.layernorm_backward(dy, x, emean, erstd, w)):
-        assert_close(g, e, dtype, name)
+        assert_kernel_close(g, e, dtype, name)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -66,8 +58,8 @@ def test_layernorm(dtype, shape):
 def test_gelu(dtype, shape):
     rng = np.random.default_rng(2)
     x, dy = random(rng, shape, dtype, 2.0), random(rng, shape, dtype)
-    assert_close(cpu.gelu_forward(x), reference.gelu_forward(x), dtype, "y")
-    assert_close(cpu.gelu_backward(dy, x), reference.gelu_backward(dy, x), dtype, "dx")
+    assert_kernel_close(cpu.gelu_forward(x), reference.gelu_forward(x), dtype, "y")
+    assert_kernel_close(cpu.gelu_backward(dy, x), reference.gelu_backward(dy, x), dtype, "dx")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -79,9 +71,9 @@ def test_softmax_xent(dtype, rows, vocab):
     dlosses = random(rng, (rows,), dtype)
     losses, lse = cpu.softmax_xent_forward(logits, targets)
     expected_losses, expected_lse = reference.softmax_xent_forward(logits, targets)
-    assert_close(losses, expected_losses, dtype, "losses")
-    assert_close(lse, expected_lse, dtype, "lse")
-    assert_close(cpu.softmax_xent_backward(dlosses, logits, lse, targets),
+    assert_kernel_close(losses, expected_losses, dtype, "losses")
+    assert_kernel_close(lse, expected_lse, dtype, "lse")
+    assert_kernel_close(cpu.softmax_xent_backward(dlosses, logits, lse, targets),
                  reference.softmax_xent_backward(dlosses, logits, expected_lse, targets), dtype, "dlogits",
                  scale=np.linalg.norm(dlosses.astype(np.float64)))  # p - 1 cancels when p ≈ 1
 
@@ -91,7 +83,7 @@ def test_embedding_backward(dtype):
     rng = np.random.default_rng(4)
     idx = rng.integers(0, 11, size=(3, 40))  # many repeats
     dy = random(rng, (3, 40, 7), dtype)
-    assert_close(cpu.embedding_backward(dy, idx, 11, 2.5), reference.embedding_backward(dy, idx, 11, 2.5), dtype)
+    assert_kernel_close(cpu.embedding_backward(dy, idx, 11, 2.5), reference.embedding_backward(dy, idx, 11, 2.5), dtype)
 
 
 def test_nan_still_reaches_the_output():
@@ -107,4 +99,4 @@ def test_nan_still_reaches_the_output():
 @pytest.mark.parametrize("size", [1, 7, 100_003])
 def test_sum_of_squares(dtype, size):
     x = random(np.random.default_rng(size), (size,), dtype)
-    assert_close(cpu.sum_of_squares(x), reference.sum_of_squares(x), dtype)
+    assert_kernel_close(cpu.sum_of_squares(x), reference.sum_of_squares(x), dtype)

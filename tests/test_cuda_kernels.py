@@ -11,24 +11,17 @@ import subprocess
 import numpy as np
 import pytest
 from cuda_emu import emulator
-from helpers import assert_grad_close
+from helpers import KERNEL_TOLERANCE, assert_grad_close, kernel_error
 
 from engine.kernels import launch, reference
 
 SOURCES = sorted(glob.glob(os.path.join(emulator.KERNELS, "*.cu")))
-# The template instantiations the GPU backend asks CuPy for (its name_expressions).
-NAME_EXPRESSIONS = {
-    "softmax_xent.cu": [f"softmax_xent_{pass_}<{t}>" for pass_ in ("forward", "backward") for t in ("float", "double")],
-    "attention.cu": [f"attention_{kernel}<{t}, {hd}>"
-                     for kernel in ("forward", "row_dot", "backward_dq", "backward_dkdv")
-                     for t in ("float", "double") for hd in launch.ATTENTION_HEAD_SIZES],
-}
-CUPY_OPTIONS = ["-std=c++17", "-ftz=true"]  # CuPy adds the architecture; it compiles with -ftz
+CUPY_OPTIONS = [*launch.NVRTC_OPTIONS, "-ftz=true"]  # the backend's, with what CuPy adds (but the architecture)
 
 
 def test_every_source_is_checked():
     names = [os.path.basename(s) for s in SOURCES]
-    assert names == sorted(NAME_EXPRESSIONS)
+    assert names == sorted(launch.NAME_EXPRESSIONS)
     for name in names:  # each kernel file has an emulator harness and a ThreadSanitizer run
         stem = name[:-len(".cu")]
         assert os.path.exists(os.path.join(emulator.HERE, f"{stem}_harness.cpp"))
@@ -41,7 +34,7 @@ def test_nvrtc_compiles(source, arch):
     nvrtc = pytest.importorskip("cuda.bindings.nvrtc", reason="needs cuda-bindings (the test extra)")
     with open(source, "rb") as f:
         err, program = nvrtc.nvrtcCreateProgram(f.read(), os.path.basename(source).encode(), 0, [], [])
-    names = NAME_EXPRESSIONS[os.path.basename(source)]
+    names = launch.NAME_EXPRESSIONS[os.path.basename(source)]
     for name in names:
         nvrtc.nvrtcAddNameExpression(program, name.encode())
     options = [o.encode() for o in CUPY_OPTIONS + [f"--gpu-architecture={arch}"]]
@@ -72,7 +65,6 @@ def test_nvcc_reports_no_spills(source, tmp_path):
 HARNESS = os.path.join(emulator.HERE, "softmax_xent_harness.cpp")
 SOFTMAX_XENT = os.path.join(emulator.KERNELS, "softmax_xent.cu")
 SUFFIX = {np.float32: "f32", np.float64: "f64"}
-TOLERANCE = {np.float32: 1e-5, np.float64: 1e-12}
 
 
 def emulated_xent(library, logits, targets, dlosses=None):
@@ -84,14 +76,10 @@ def emulated_xent(library, logits, targets, dlosses=None):
     emulator.call(getattr(library, f"forward_{SUFFIX[dtype]}"), grid, block, logits, targets, losses, lse, n, v)
     if dlosses is None:
         return losses, lse
-    dlogits = logits.copy()  # the kernel overwrites the logits in place
-    emulator.call(getattr(library, f"backward_{SUFFIX[dtype]}"), grid, block, dlogits, lse, targets, dlosses, n, v)
+    dlogits = np.empty_like(logits)
+    emulator.call(getattr(library, f"backward_{SUFFIX[dtype]}"), grid, block, logits, lse, targets, dlosses,
+                  dlogits, n, v)
     return losses, lse, dlogits
-
-
-def relative(a, b, scale=0.0):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return np.linalg.norm(a - b) / max(np.linalg.norm(b), scale, 1e-300)
 
 
 @pytest.fixture(scope="module")
@@ -109,9 +97,9 @@ def test_softmax_xent_matches_reference(xent_library, dtype, rows, vocab):
     losses, lse, dlogits = emulated_xent(xent_library, logits, targets, dlosses)
     expected_losses, expected_lse = reference.softmax_xent_forward(logits, targets)
     expected_dlogits = reference.softmax_xent_backward(dlosses, logits, expected_lse, targets)
-    assert relative(lse, expected_lse) <= TOLERANCE[dtype]
-    assert relative(losses, expected_losses, np.abs(expected_lse).max()) <= TOLERANCE[dtype]
-    assert relative(dlogits, expected_dlogits, np.linalg.norm(dlosses)) <= TOLERANCE[dtype]
+    assert kernel_error(lse, expected_lse) <= KERNEL_TOLERANCE[dtype]
+    assert kernel_error(losses, expected_losses, np.abs(expected_lse).max()) <= KERNEL_TOLERANCE[dtype]
+    assert kernel_error(dlogits, expected_dlogits, np.linalg.norm(dlosses)) <= KERNEL_TOLERANCE[dtype]
 
 
 def test_emulated_backward_passes_finite_differences(xent_library):
@@ -137,7 +125,7 @@ def test_a_planted_error_is_caught(tmp_path):
     logits = rng.standard_normal((2, 300))
     targets = np.array([1, 2], dtype=np.int64)
     _, lse = emulated_xent(library, logits, targets)
-    assert relative(lse, reference.softmax_xent_forward(logits, targets)[1]) > 1e-3
+    assert kernel_error(lse, reference.softmax_xent_forward(logits, targets)[1]) > 1e-3
 
 
 def run_under_thread_sanitizer(source, harness, tmp_path):
@@ -199,11 +187,11 @@ def test_attention_matches_reference(attention_library, dtype, shape):
     out, lse, grads = emulated_attention(attention_library, q, k, v, dout)
     expected_out, expected_lse = reference.attention_forward(q, k, v)
     expected = reference.attention_backward(dout, q, k, v, expected_out, expected_lse)
-    assert relative(out, expected_out) <= TOLERANCE[dtype]
-    assert relative(lse, expected_lse) <= TOLERANCE[dtype]
+    assert kernel_error(out, expected_out) <= KERNEL_TOLERANCE[dtype]
+    assert kernel_error(lse, expected_lse) <= KERNEL_TOLERANCE[dtype]
     scale = np.linalg.norm(dout.astype(np.float64))  # dq of a one-position sequence is exactly 0
     for name, got, want in zip(("dq", "dk", "dv"), grads, expected):
-        assert relative(got, want, scale) <= TOLERANCE[dtype], name
+        assert kernel_error(got, want, scale) <= KERNEL_TOLERANCE[dtype], name
 
 
 def test_emulated_attention_backward_passes_finite_differences(attention_library):

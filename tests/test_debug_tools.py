@@ -6,14 +6,13 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
+from helpers import MPIEXEC, needs_mpiexec
 
 from engine.params import read_safetensors, write_safetensors
 from train import debug
 from train.cli import run_main
 
 SMALL = ["--config", "configs/tiny.json", "--n_layer=2", "--batch-size", "2", "--seq-len", "8"]
-MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")
 
 
 def run(argv, capsys):
@@ -151,7 +150,7 @@ def test_step_from_a_script_with_break():
     assert "step finished" not in result.stdout, "q quits"
 
 
-@pytest.mark.skipif(not os.path.exists(MPIEXEC), reason="no mpiexec next to this Python")
+@needs_mpiexec
 def test_dump_under_mpi_writes_one_file_per_rank(tmp_path, capsys):
     out = str(tmp_path / "dump.safetensors")
     result = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-c", "from train.debug import entry; entry()",

@@ -10,16 +10,11 @@ cp = pytest.importorskip("cupy", reason="needs CuPy (pip install -e '.[gpu]')")
 pytestmark = pytest.mark.skipif(not cp.cuda.is_available(), reason="no CUDA device here")
 
 from engine.kernels import gpu, reference  # noqa: E402
+from helpers import KERNEL_TOLERANCE, kernel_error  # noqa: E402
 from train import timing  # noqa: E402
 from train.config import build_model, load_config  # noqa: E402
 from train.gradcheck import random_batch  # noqa: E402
 
-TOLERANCE = {np.float32: 1e-5, np.float64: 1e-12}
-
-
-def relative(got, expected, scale=0.0):
-    got, expected = cp.asnumpy(got).astype(np.float64), np.asarray(expected, np.float64)
-    return np.linalg.norm(got - expected) / max(np.linalg.norm(expected), scale, 1e-300)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -29,10 +24,11 @@ def test_attention_kernels(dtype, shape):
     q, k, v, dout = (rng.standard_normal(shape).astype(dtype) for _ in range(4))
     out, lse = gpu.attention_forward(*(cp.asarray(a) for a in (q, k, v)))
     expected_out, expected_lse = reference.attention_forward(q, k, v)
-    assert relative(out, expected_out) <= TOLERANCE[dtype] and relative(lse, expected_lse) <= TOLERANCE[dtype]
+    assert kernel_error(out, expected_out) <= KERNEL_TOLERANCE[dtype]
+    assert kernel_error(lse, expected_lse) <= KERNEL_TOLERANCE[dtype]
     grads = gpu.attention_backward(cp.asarray(dout), *(cp.asarray(a) for a in (q, k, v)), out, lse)
     for got, want in zip(grads, reference.attention_backward(dout, q, k, v, expected_out, expected_lse)):
-        assert relative(got, want, np.linalg.norm(dout)) <= TOLERANCE[dtype]
+        assert kernel_error(got, want, np.linalg.norm(dout)) <= KERNEL_TOLERANCE[dtype]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -44,11 +40,11 @@ def test_softmax_xent_kernels(dtype, rows, vocab):
     dlosses = rng.standard_normal(rows).astype(dtype)
     losses, lse = gpu.softmax_xent_forward(cp.asarray(logits), cp.asarray(targets))
     expected_losses, expected_lse = reference.softmax_xent_forward(logits, targets)
-    assert relative(lse, expected_lse) <= TOLERANCE[dtype]
-    assert relative(losses, expected_losses, np.abs(expected_lse).max()) <= TOLERANCE[dtype]
+    assert kernel_error(lse, expected_lse) <= KERNEL_TOLERANCE[dtype]
+    assert kernel_error(losses, expected_losses, np.abs(expected_lse).max()) <= KERNEL_TOLERANCE[dtype]
     dlogits = gpu.softmax_xent_backward(cp.asarray(dlosses), cp.asarray(logits), lse, cp.asarray(targets))
     expected = reference.softmax_xent_backward(dlosses, logits, expected_lse, targets)
-    assert relative(dlogits, expected, np.linalg.norm(dlosses)) <= TOLERANCE[dtype]
+    assert kernel_error(dlogits, expected, np.linalg.norm(dlosses)) <= KERNEL_TOLERANCE[dtype]
 
 
 def test_adamw_kernel():
@@ -61,7 +57,7 @@ def test_adamw_kernel():
     got = [cp.asarray(a) for a in (p, m, v)]
     gpu.adamw_step(got[0], cp.asarray(g), got[1], got[2], cp.asarray(decay), 1e-2, 0.9, 0.95, 1e-8, 0.1, 3)
     for a, b in zip(got, expected):
-        assert relative(a, b) <= 1e-12
+        assert kernel_error(a, b) <= 1e-12
 
 
 @pytest.mark.parametrize("dtype, tol", [("float64", 1e-10), ("float32", 1e-4)])
@@ -77,7 +73,7 @@ def test_whole_model_matches_the_cpu_backend(dtype, tol):
     gpu_model.backward()
     assert float(gpu_loss) == pytest.approx(float(cpu_loss), rel=tol)
     for name in cpu_model.store.shapes:
-        assert relative(gpu_model.store.grads[name], cpu_model.store.grads[name]) <= tol, name
+        assert kernel_error(gpu_model.store.grads[name], cpu_model.store.grads[name]) <= tol, name
 
 
 @pytest.mark.parametrize("prog, iterations", [("nano2_fw", "--fw-iters=2"), ("nano2_fwbw", "--fwbw-iters=2")])

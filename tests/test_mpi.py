@@ -9,14 +9,14 @@ import textwrap
 
 import numpy as np
 import pytest
+from helpers import MPIEXEC, needs_mpiexec
 
 from engine.comm import bucket_slices
 from engine.params import ParameterStore, read_safetensors
 from engine.threads import threads_per_rank
 from layers.model import parameter_shapes
 
-MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-pytestmark = pytest.mark.skipif(not os.path.exists(MPIEXEC), reason="no mpiexec next to this Python")
+pytestmark = needs_mpiexec
 TRAIN = "from train.trainer import entry; entry()"
 
 

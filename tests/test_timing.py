@@ -2,12 +2,12 @@
 errors, the GPU commands on a machine without a GPU, and two ranks under mpiexec. No test
 holds a timing to anything but being positive: speed is for bench/, not for tests."""
 import json
-import os
 import subprocess
 import sys
 import types
 
 import pytest
+from helpers import MPIEXEC, needs_mpiexec
 
 from engine.kernels import blas
 from train import timing
@@ -16,8 +16,6 @@ from train.config import build_model, load_config
 
 SMALL = ["--n_layer=2", "--d_model=32", "--n_head=2", "--d_ff=64", "--seq_len=32", "--batch-size", "2",
          "--warmup", "1"]
-BIN = os.path.dirname(sys.executable)
-MPIEXEC = os.path.join(BIN, "mpiexec")
 PROFILE_ROWS = ["embedding", "positions", "layernorm", "attention core", "linear qkv", "linear attn.proj",
                 "linear fc", "gelu", "linear ffn.proj", "head (tied)", "cross-entropy", "other"]
 POSITIVE = ("median_ms", "min_ms", "max_ms", "tokens_per_s", "gflops", "peak_gflops", "mfu")
@@ -183,7 +181,7 @@ def test_cupy_without_a_device_is_no_gpu(monkeypatch, capsys):
     assert len(err.strip().splitlines()) == 1 and "finds no CUDA device" in err and "nano2_cpu_fwandbw" in err
 
 
-@pytest.mark.skipif(not os.path.exists(MPIEXEC), reason="no mpiexec next to this Python")
+@needs_mpiexec
 def test_two_ranks_report_both_ranks_and_their_communication():
     code = "from train.timing import cpu_fwandbw_entry; cpu_fwandbw_entry()"
     result = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-c", code, *SMALL, "--threads=1", "--json",

@@ -2,7 +2,6 @@
 resume, Ctrl-C, checkpoints that are refused when they cannot be trusted, non-finite stops."""
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys

@@ -106,6 +106,14 @@ def write_split(pool, tasks, n_docs, fd, name, quiet):
     return {"tokens": n_tokens, "bytes": n_bytes, "documents": n_docs}
 
 
+def prepare_on_root(cfg, workers=None):
+    """Under mpirun, one rank prepares and the others wait for it."""
+    world = comm.world()
+    if world.is_root:
+        prepare(cfg, workers)
+    world.barrier()
+
+
 def main(argv=None):
     parser = ArgumentParser(prog="nano2_prepare", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="JSON config file (default: the built-in defaults)")
@@ -113,10 +121,7 @@ def main(argv=None):
     args, cfg = parse_with_config(parser, argv)
     if args.workers is not None and args.workers <= 0:
         parser.error("--workers must be positive")
-    world = comm.world()
-    if world.is_root:  # under mpirun, one rank prepares and the others wait for it
-        prepare(cfg, args.workers)
-    world.barrier()
+    prepare_on_root(cfg, args.workers)
     return 0
 
 

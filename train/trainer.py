@@ -27,7 +27,7 @@ from train.cli import ArgumentParser, make_folder, parse_with_config, run_main
 from train.config import build_model
 from train.data import TokenData, data_dir_for
 from train.plot import plot_losses, read_metrics
-from train.prepare import prepare
+from train.prepare import prepare_on_root
 
 
 class NonFiniteError(Exception):
@@ -150,9 +150,7 @@ def train(cfg, resume=None):
     prepares data and writes the run folder."""
     world = comm.world()
     set_threads(cfg.threads or threads_per_rank(world.local_size))
-    if world.is_root:
-        prepare(cfg)
-    world.barrier()
+    prepare_on_root(cfg)
     data = TokenData(data_dir_for(cfg))
     data.check_fits(cfg.seq_len, cfg.vocab_size)
     micro_steps = micro_steps_per_step(cfg, world.world_size)

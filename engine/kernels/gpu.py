@@ -18,11 +18,17 @@ TYPE_NAMES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 
 
 @functools.cache
+def cuda_module(source):
+    """A .cu file compiled once, with every instantiation the backend uses."""
+    with open(os.path.join(CUDA_SOURCES, source)) as f:
+        return cp.RawModule(code=f.read(), options=launch.NVRTC_OPTIONS,
+                            name_expressions=launch.NAME_EXPRESSIONS[source])
+
+
+@functools.cache
 def cuda_function(source, name):
     """A kernel (a template instantiation such as `attention_forward<float, 64>`) from a .cu file."""
-    with open(os.path.join(CUDA_SOURCES, source)) as f:
-        module = cp.RawModule(code=f.read(), options=("-std=c++17",), name_expressions=(name,))
-    return module.get_function(name)
+    return cuda_module(source).get_function(name)
 
 
 def attention_kernel(kind, dtype, head_size):
@@ -67,13 +73,12 @@ def softmax_xent_forward(logits, targets):
 
 
 def softmax_xent_backward(dlosses, logits, lse, targets):
-    """The kernel rewrites its buffer in place; it is given a copy so the caller's logits stay."""
     n, vocab = logits.shape
-    dlogits = cp.array(logits, order="C")
-    targets = cp.ascontiguousarray(targets, dtype=cp.int64)
+    logits, targets = cp.ascontiguousarray(logits), cp.ascontiguousarray(targets, dtype=cp.int64)
+    dlogits = cp.empty_like(logits)
     grid, block = launch.softmax_xent_geometry(n, vocab)
     kernel = cuda_function("softmax_xent.cu", f"softmax_xent_backward<{TYPE_NAMES[logits.dtype]}>")
-    kernel(grid, block, (dlogits, lse, targets, cp.ascontiguousarray(dlosses), np.int32(n), np.int32(vocab)))
+    kernel(grid, block, (logits, lse, targets, cp.ascontiguousarray(dlosses), dlogits, np.int32(n), np.int32(vocab)))
     return dlogits
 
 

@@ -1,7 +1,18 @@
-"""Launch geometry of the CUDA kernels: pure Python, no CuPy, so the CPU emulation of the
-kernels (tests/cuda_emu) launches them exactly as the GPU backend does."""
+"""How the GPU backend compiles and launches the CUDA kernels: pure Python, no CuPy, so the
+tests compile them exactly as the backend does (NVRTC) and the CPU emulation of the kernels
+(tests/cuda_emu) launches them with the same geometry."""
 
 WARP = 32
+ATTENTION_HEAD_SIZES = (32, 64, 128)
+NVRTC_OPTIONS = ("-std=c++17",)  # CuPy adds the architecture and -ftz=true
+# The template instantiations of each source that the backend compiles (CuPy's name_expressions).
+NAME_EXPRESSIONS = {
+    "softmax_xent.cu": tuple(f"softmax_xent_{pass_}<{t}>" for pass_ in ("forward", "backward")
+                             for t in ("float", "double")),
+    "attention.cu": tuple(f"attention_{kernel}<{t}, {hd}>"
+                          for kernel in ("forward", "row_dot", "backward_dq", "backward_dkdv")
+                          for t in ("float", "double") for hd in ATTENTION_HEAD_SIZES),
+}
 
 
 def softmax_xent_geometry(n_rows, vocab_size):
@@ -12,7 +23,6 @@ def softmax_xent_geometry(n_rows, vocab_size):
 
 
 ATTENTION_WARPS_PER_BLOCK = 4
-ATTENTION_HEAD_SIZES = (32, 64, 128)
 
 
 def attention_geometry(heads_batch, seq_len):

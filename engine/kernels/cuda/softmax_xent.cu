@@ -2,8 +2,8 @@
 //
 // forward:  one pass over the row keeps a running (max, sum of exp(x - max)) per thread,
 //           merged across the block; loss = lse - x[target], lse = max + log(sum).
-// backward: overwrites the logits in place with dloss * (softmax - onehot(target)),
-//           rebuilt from the stored lse: no probabilities tensor is ever written.
+// backward: dlogits = dloss * (softmax - onehot(target)), rebuilt from the logits and the
+//           stored lse in one pass: no probabilities tensor is ever written.
 //
 // Launch geometry: engine/kernels/launch.py (grid = N blocks, block = a multiple of 32).
 
@@ -61,19 +61,22 @@ __global__ void softmax_xent_forward(const T* __restrict__ logits, const long lo
 }
 
 template <typename T>
-__global__ void softmax_xent_backward(T* __restrict__ logits, const T* __restrict__ lse,
+__global__ void softmax_xent_backward(const T* __restrict__ logits, const T* __restrict__ lse,
                                       const long long* __restrict__ targets, const T* __restrict__ dlosses,
-                                      int N, int V) {
+                                      T* __restrict__ dlogits, int N, int V) {
     const int row = blockIdx.x;
-    T* x = logits + (long long)row * V;
+    const T* x = logits + (long long)row * V;
+    T* dx = dlogits + (long long)row * V;
     const T row_lse = lse[row], dloss = dlosses[row];
     const long long target = targets[row];
     for (int j = threadIdx.x; j < V; j += blockDim.x) {
-        x[j] = (exp(x[j] - row_lse) - (j == target ? T(1) : T(0))) * dloss;
+        dx[j] = (exp(x[j] - row_lse) - (j == target ? T(1) : T(0))) * dloss;
     }
 }
 
 template __global__ void softmax_xent_forward<float>(const float*, const long long*, float*, float*, int, int);
 template __global__ void softmax_xent_forward<double>(const double*, const long long*, double*, double*, int, int);
-template __global__ void softmax_xent_backward<float>(float*, const float*, const long long*, const float*, int, int);
-template __global__ void softmax_xent_backward<double>(double*, const double*, const long long*, const double*, int, int);
+template __global__ void softmax_xent_backward<float>(const float*, const float*, const long long*, const float*,
+                                                      float*, int, int);
+template __global__ void softmax_xent_backward<double>(const double*, const double*, const long long*,
+                                                       const double*, double*, int, int);
