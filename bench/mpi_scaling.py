@@ -89,6 +89,8 @@ def main():
     args, args.overrides = parser.parse_known_args()
     if args.worker:
         return worker(args.config, args.steps, args.warmup, args.overrides)
+    if args.steps < 1 or args.repeats < 1 or args.warmup < 0:
+        raise UserError("--steps and --repeats must be positive, --warmup not negative")
     load_config(args.config, args.overrides)  # a bad config or override says so here, once
     runs = {1: [], 2: []}
     for _ in range(args.repeats):

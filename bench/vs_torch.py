@@ -264,6 +264,9 @@ def main():
     args = parser.parse_args()
     if args.worker:
         return worker(args.worker, args.threads)
+    if min(args.batch_size, args.seq_len, args.threads, args.repeats, args.iters) < 1 or args.warmup < 0:
+        parser.error("--batch-size, --seq-len, --threads, --repeats and --iters must be positive, "
+                     "--warmup not negative")
 
     from importlib.metadata import version
 
