@@ -1,4 +1,4 @@
-"""How many threads each rank's BLAS and Numba may use: the cores this process may run on,
+"""How many threads each rank's parallel kernels may use: the cores this process may run on,
 shared among the ranks on this machine, so `mpiexec -n 2` on 2 cores runs 1 thread each
 instead of 4 threads fighting over 2 cores."""
 import os
@@ -13,8 +13,12 @@ def threads_per_rank(local_size, cpu_count=None, affinity=None):
 
 
 def set_threads(n):
-    """Limit BLAS (through threadpoolctl) and Numba's parallel loops to n threads."""
+    """Run the CPU kernels' parallel loops on n threads: Numba's pool, which also runs the
+    matrix products on single-threaded OpenBLAS (engine/kernels/blas.py); without that
+    binding, NumPy's BLAS gets the n threads for its own products."""
     import numba
     from threadpoolctl import threadpool_limits
-    threadpool_limits(limits=n)
+
+    from engine.kernels import blas
+    threadpool_limits(limits=1 if blas.FOUND else n, user_api="blas")
     numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))

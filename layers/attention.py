@@ -12,10 +12,9 @@ from layers.linear import Linear
 
 
 def split_heads(x, n_head):
-    """(B, T, d) -> (B, n_head, T, d / n_head), contiguous: head h is columns h*hd:(h+1)*hd."""
+    """(B, T, d) -> (B, n_head, T, d / n_head), a view: head h is columns h*hd:(h+1)*hd."""
     B, T, d = x.shape
-    xp = array_module(x)
-    return xp.ascontiguousarray(x.reshape(B, T, n_head, d // n_head).transpose(0, 2, 1, 3))
+    return x.reshape(B, T, n_head, d // n_head).transpose(0, 2, 1, 3)
 
 
 def merge_heads(x):

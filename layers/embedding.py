@@ -20,14 +20,16 @@ def embedding_backward(dy, cache):
 
 
 def tied_head_forward(h, w):
-    return h @ w.T, (h, w)
+    rows = h.reshape(-1, h.shape[-1])
+    return kernels.matmul(rows, w.T).reshape(*h.shape[:-1], w.shape[0]), (rows, w)
 
 
 def tied_head_backward(dlogits, cache):
-    h, w = cache
-    dh = dlogits @ w
-    dw = dlogits.reshape(-1, w.shape[0]).T @ h.reshape(-1, w.shape[1])
-    return dh, dw
+    rows, w = cache
+    dlogits_rows = dlogits.reshape(-1, w.shape[0])
+    dh = kernels.matmul(dlogits_rows, w)
+    dw = kernels.matmul(dlogits_rows.T, rows)
+    return dh.reshape(*dlogits.shape[:-1], w.shape[1]), dw
 
 
 class TokenEmbedding:

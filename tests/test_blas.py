@@ -1,72 +1,84 @@
-"""engine/kernels/blas.py: OpenBLAS's strided-batch GEMM against np.matmul, on the views
-attention hands it (transposed, strided, accumulating), and the small products it must
-leave to np.matmul."""
+"""engine/kernels/blas.py: OpenBLAS's gemm called from inside Numba kernels, against np.matmul,
+on the views the kernels hand it (transposed, strided, accumulating), and the one-pool rule
+that keeps OpenBLAS's own threads out of the way."""
 import ctypes
 
+import numba
 import numpy as np
 import pytest
 import threadpoolctl
 
 from engine.kernels import blas, cpu
+from engine.threads import set_threads
 
 TOLERANCE = {np.float32: 1e-6, np.float64: 1e-14}
+needs_openblas = pytest.mark.skipif(not blas.FOUND, reason="NumPy's BLAS is not an OpenBLAS with cblas gemm")
 
 
-def test_the_batch_call_is_bound_wherever_numpys_openblas_has_it():
-    """Without the binding attention silently runs at np.matmul's speed, so a lost binding must
-    fail here; a NumPy on another BLAS (or an older OpenBLAS) has none, and falls back."""
-    exported = [hasattr(ctypes.CDLL(info["filepath"]), "cblas_sgemm_batch_strided")
-                for info in threadpoolctl.threadpool_info()
-                if info["user_api"] == "blas" and info["internal_api"] == "openblas"]
-    expected = {np.dtype(np.float32), np.dtype(np.float64)} if any(exported) else set()
-    assert set(blas.BATCH_GEMM) == expected, f"NumPy's BLAS here: {threadpoolctl.threadpool_info()}"
+def openblas_libraries():
+    return [info for info in threadpoolctl.threadpool_info()
+            if info["user_api"] == "blas" and info["internal_api"] == "openblas"]
+
+
+def test_gemm_is_bound_wherever_numpys_openblas_has_it():
+    """Without the binding every product falls back to NumPy's own threads, so a lost binding
+    must fail here; a NumPy on another BLAS has none."""
+    exported = [any(hasattr(ctypes.CDLL(info["filepath"]), name.format("s")) for name in blas.NAMES)
+                for info in openblas_libraries()]
+    assert bool(blas.FOUND) == any(exported), f"NumPy's BLAS here: {threadpoolctl.threadpool_info()}"
+
+
+@needs_openblas
+def test_openblas_keeps_to_one_thread_and_the_kernels_take_the_rest():
+    try:
+        set_threads(2)
+        assert all(info["num_threads"] == 1 for info in openblas_libraries())
+        assert numba.get_num_threads() == min(2, numba.config.NUMBA_NUM_THREADS)
+    finally:
+        set_threads(numba.config.NUMBA_NUM_THREADS)
+
+
+@numba.njit
+def gemm_in_a_kernel(a, b, c, beta):
+    blas.gemm(a, b, c, beta)
 
 
 def views(rng, dtype):
-    """(a, b) pairs of 3-D views: plain, transposed, and heads sliced out of a wider buffer."""
-    q = rng.standard_normal((12, 300, 64)).astype(dtype)
-    k = rng.standard_normal((12, 300, 64)).astype(dtype)
-    qkv = rng.standard_normal((12, 200, 3 * 64)).astype(dtype)
-    return [(q[:, :130], k.transpose(0, 2, 1)),                      # q kᵀ, k transposed
-            (q.transpose(0, 2, 1)[:, :, :280], k[:, :280]),          # qᵀ k over a ragged prefix
-            (qkv[:, :, :64], qkv[:, :, 64:128].transpose(0, 2, 1))]  # one head's columns of a wider buffer
+    """(a, b, c) of 2-D views: plain, transposed, heads sliced out of wider buffers, one row."""
+    q = rng.standard_normal((300, 64)).astype(dtype)
+    k = rng.standard_normal((300, 64)).astype(dtype)
+    qkv = rng.standard_normal((200, 3 * 64)).astype(dtype)
+    scores = rng.standard_normal((64, 300)).astype(dtype)
+    return [(q[:64], k.T, scores),
+            (q.T[:, :280], k[:280], rng.standard_normal((64, 64)).astype(dtype)),
+            (qkv[:, :64], qkv[:, 64:128].T, rng.standard_normal((200, 200)).astype(dtype)),
+            (scores[:40, :200], qkv[:, 128:], rng.standard_normal((50, 3 * 64)).astype(dtype)[:40, 64:128]),
+            (q[:1], k[:7].T, rng.standard_normal((1, 7)).astype(dtype))]
 
 
+@needs_openblas
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("accumulate", [False, True])
-def test_batched_matmul_matches_numpy(dtype, accumulate):
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+def test_gemm_matches_numpy_on_views(dtype, beta):
     rng = np.random.default_rng(0)
-    for a, b in views(rng, dtype):
-        assert a.shape[1] * a.shape[2] * b.shape[2] > blas.SMALL_MATRIX_LIMIT  # the batch call, not the fallback
-        start = rng.standard_normal((a.shape[0], a.shape[1], b.shape[2])).astype(dtype)
-        out = start.copy()
-        blas.batched_matmul(a, b, out, accumulate=accumulate)
-        expected = np.matmul(a.astype(np.float64), b.astype(np.float64)) + (start if accumulate else 0)
-        assert np.abs(out - expected).max() / np.abs(expected).max() < TOLERANCE[dtype]
+    for a, b, c in views(rng, dtype):
+        start = c.copy()
+        gemm_in_a_kernel(a, b, c, beta)
+        expected = a.astype(np.float64) @ b.astype(np.float64) + beta * start
+        assert np.abs(c - expected).max() / np.abs(expected).max() < TOLERANCE[dtype]
 
 
-@pytest.mark.parametrize("accumulate", [False, True])
-def test_small_products_fall_back_to_numpy(monkeypatch, accumulate):
-    """Products at or under OpenBLAS's small-matrix limit never reach the batch call (whose
-    small-matrix path crashes in OpenBLAS 0.3.31), and still give the product."""
-    calls = []
-    monkeypatch.setattr(blas, "BATCH_GEMM", {np.dtype(np.float32): lambda *args: calls.append(args)})
+@needs_openblas
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matmul_shares_rows_and_takes_any_strides(dtype):
+    """cpu.matmul splits the rows among the threads (uneven splits included) and copies only a
+    view strided both ways."""
     rng = np.random.default_rng(1)
-    a, b = rng.standard_normal((4, 64, 64), dtype=np.float32), rng.standard_normal((4, 64, 64), dtype=np.float32)
-    out = np.ones((4, 64, 64), np.float32)
-    blas.batched_matmul(a, b, out, accumulate=accumulate)
-    assert not calls
-    np.testing.assert_allclose(out, a @ b + (1 if accumulate else 0), rtol=1e-5, atol=1e-5)
-
-
-def test_attention_blocks_take_the_batch_call(monkeypatch):
-    """At configs/nano2.json's head size the query blocks are sized so every product is batched."""
-    assert cpu.query_block(256, 64) == 128
-    used = []
-    real = blas.BATCH_GEMM[np.dtype(np.float32)]
-    monkeypatch.setitem(blas.BATCH_GEMM, np.dtype(np.float32), lambda *args: used.append(args) or real(*args))
-    rng = np.random.default_rng(2)
-    q, k, v, dout = (rng.standard_normal((2, 3, 256, 64)).astype(np.float32) for _ in range(4))
-    out, lse = cpu.attention_forward(q, k, v)
-    cpu.attention_backward(dout, q, k, v, out, lse)
-    assert len(used) == 2 * 2 + 5 * 2  # two blocks: two products forward, five backward
+    a = rng.standard_normal((301, 5, 70)).astype(dtype)[:, 2]  # rows strided, columns contiguous
+    b = rng.standard_normal((70, 90)).astype(dtype)[:, ::2]  # strided both ways: copied
+    bias = rng.standard_normal(45).astype(dtype)
+    for parts in (1, 2, 3):
+        out = np.empty((301, 45), dtype)
+        cpu.matmul_rows(a, np.ascontiguousarray(b), bias, out, parts)
+        np.testing.assert_allclose(out, a @ b + bias, rtol=TOLERANCE[dtype] * 10, atol=TOLERANCE[dtype] * 10)
+    np.testing.assert_allclose(cpu.matmul(a, b), a @ b, rtol=TOLERANCE[dtype] * 10, atol=TOLERANCE[dtype] * 10)

@@ -9,7 +9,6 @@ import types
 import pytest
 from helpers import MPIEXEC, needs_mpiexec
 
-from engine.kernels import blas
 from train import timing
 from train.cli import run_main
 from train.config import build_model, load_config
@@ -106,7 +105,7 @@ def test_profile_table_lists_every_kind_of_layer_and_adds_up(prog, columns, caps
     assert all(len(numbers) == columns for numbers in rows.values()), rows
     shares = [float(numbers[-1].rstrip("%")) for numbers in rows.values()]
     assert sum(shares) == pytest.approx(100.0, abs=0.1 * len(shares)), "each share is rounded to 0.1%"
-    assert "of the step; everything else" in summary[0]
+    assert "of the step); everything else" in summary[0]
     assert any("fwbw/fw:" in line for line in summary) == (prog == "nano2_cpu_fwandbw")
 
 
@@ -118,21 +117,16 @@ def test_profile_json_adds_up_to_the_step(capsys):
     assert sum(row["fw_ms"] + row["bw_ms"] for row in p["rows"]) == pytest.approx(p["step_ms"])
     assert all(row["fw_ms"] >= 0 and row["bw_ms"] >= 0 for row in p["rows"]), p["rows"]
     assert 0 < p["matmul_share"] < 1
-    attention_core = next(row["share"] for row in p["rows"] if row["layer"] == "attention core")
-    assert 0 < p["attention_products_share"] < attention_core  # its products are part of that row
     assert p["fw_median_ms"] > 0 and p["fwbw_over_fw"] > 0
 
 
 def test_profiling_leaves_the_layers_as_they_were():
     model = build_model(load_config(None, SMALL[:5]))
     before = {name: vars(layer).copy() for name, layer in model.named_layers()}
-    original_products = blas.batched_matmul
     profiler = timing.LayerProfiler(model)
     assert "forward" in vars(model.blocks[0].attn.qkv)
-    assert blas.batched_matmul is not original_products
     profiler.restore()
     assert {name: vars(layer) for name, layer in model.named_layers()} == before
-    assert blas.batched_matmul is original_products
     assert "forward" not in vars(model) and "backward" not in vars(model)
 
 

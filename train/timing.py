@@ -23,7 +23,6 @@ from engine import comm
 from engine.backend import import_cupy, synchronize
 from engine.comm import GradientAllreduce
 from engine.flops import forward_flops_per_token, measure_matmul_flops, training_flops_per_token
-from engine.kernels import blas
 from engine.threads import set_threads, threads_per_rank
 from train.cli import ArgumentParser, parse_with_config, run_main
 from train.config import build_model
@@ -49,7 +48,6 @@ LAYER_KINDS = {"tok_emb": "embedding", "pos": "positions",
 MATMUL_KINDS = ("linear qkv", "linear attn.proj", "linear fc", "linear ffn.proj", "head (tied)")
 ROW_ORDER = tuple(kind for kind in dict.fromkeys(LAYER_KINDS.values()) if kind != "other")
 MODEL = "(model)"  # the profiler's key for the Decoder's own forward and backward
-ATTENTION_PRODUCTS = "(attention products)"  # its key for the CPU attention's batched products
 
 
 def time_steps(step, iters, warmup, world, xp, sync=None):
@@ -103,9 +101,7 @@ def layer_kind(name):
 class LayerProfiler:
     """Times the forward and backward of every layer of `model.named_layers()`, and of the
     model itself, by replacing those methods on each object with a timing wrapper (the layer
-    code is untouched); restore() puts the originals back. On the CPU it also times the
-    attention core's own matrix products (engine/kernels/blas.py), to split that row into
-    products and the rest."""
+    code is untouched); restore() puts the originals back."""
 
     def __init__(self, model):
         self.xp = model.xp
@@ -115,8 +111,6 @@ class LayerProfiler:
         for name, obj in self.layers + [(MODEL, model)]:
             for method in ("forward", "backward"):
                 self.patches.wrap(obj, method, functools.partial(self.timing, key=(name, method)))
-        products = (ATTENTION_PRODUCTS, "batched_matmul")
-        self.patches.wrap(blas, "batched_matmul", functools.partial(self.timing, key=products))
 
     def timing(self, original, key):
         totals, xp = self.totals, self.xp
@@ -173,8 +167,7 @@ def run_profile(model, step, iters, world, sync, mode):
     return {"iters": iters, "step_ms": step_seconds / iters * 1e3,
             "rows": [{"layer": kind, "fw_ms": fw / iters * 1e3, "bw_ms": bw / iters * 1e3,
                       "share": (fw + bw) / step_seconds} for kind, (fw, bw) in rows.items()],
-            "matmul_share": matmul_seconds / step_seconds,
-            "attention_products_share": profiler.totals[ATTENTION_PRODUCTS, "batched_matmul"] / step_seconds}
+            "matmul_share": matmul_seconds / step_seconds}
 
 
 def make_parser(prog, device, mode):
@@ -331,10 +324,9 @@ def print_table(r):
     for row in p["rows"]:
         print(f"  {row['layer']:<20} {row['fw_ms']:11.3f}" + (f" {row['bw_ms']:12.3f}" if backward else "")
               + f" {row['share']:7.1%}")
-    attention_products = (f" (of which the attention core's own matrix products "
-                          f"{p['attention_products_share']:.1%})" if p["attention_products_share"] else "")
-    print(f"  matrix products of the linear layers and the head: {p['matmul_share']:.1%} of the step; "
-          f"everything else {1 - p['matmul_share']:.1%}{attention_products}")
+    products_ms = p["matmul_share"] * p["step_ms"]
+    print(f"  matrix products of the linear layers and the head: {products_ms:.2f} ms ({p['matmul_share']:.1%} of "
+          f"the step); everything else {p['step_ms'] - products_ms:.2f} ms ({1 - p['matmul_share']:.1%})")
     if "fwbw_over_fw" in p:
         print(f"  fwbw/fw: {p['fwbw_over_fw']:.2f}x (forward alone: median {p['fw_median_ms']:.2f} ms; "
               f"{p['fw_iters']} of each, alternating)")

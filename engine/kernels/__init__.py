@@ -13,6 +13,14 @@ def backend(x):
     return gpu
 
 
+def matmul(a, b, bias=None):
+    return backend(a).matmul(a, b, bias)
+
+
+def linear_backward(dy, x, w):
+    return backend(dy).linear_backward(dy, x, w)
+
+
 def attention_forward(q, k, v):
     return backend(q).attention_forward(q, k, v)
 

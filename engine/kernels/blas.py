@@ -1,52 +1,45 @@
-"""Batched matrix products through OpenBLAS's strided-batch GEMM, for attention's many small
-per-head products.
+"""NumPy's OpenBLAS matrix product, callable from inside Numba kernels, so every parallel loop
+of a step runs in one thread pool (Numba's) and OpenBLAS itself runs single-threaded.
 
-np.matmul on a stack of matrices makes one GEMM call per matrix, and OpenBLAS splits each of
-those small products over all its threads: at attention's sizes (64-256 rows, head size 64)
-that ran at 70-100 GFLOP/s here. cblas_sgemm_batch_strided gives each thread whole matrices
-of the stack instead, ~150 GFLOP/s on the same products; a whole forward+backward of
-configs/nano2.json took 4% less time at T = 256 and 13% less at T = 1024. It is used when
-NumPy's BLAS is an OpenBLAS that has it (NumPy's wheels bundle one); anything else falls back
-to np.matmul with the same result.
+Two pools on the same cores fought: OpenBLAS's workers (and its caller) spin after each
+product, yielding to nothing, while Numba's wanted the cores. Two ranks of two threads on two
+cores ran a configs/tiny.json step in 5.7 s instead of 67 ms (README, "Threads on the CPU").
+With OpenBLAS held to one thread and each Numba worker calling it on its own rows, the
+products run as fast as OpenBLAS's own threads and every wait is Numba's passive one.
 
-OpenBLAS 0.3.31 (in NumPy 2.4.6's wheels) jumps to a bad address in the batch call's small-matrix
-path, taken when m·n·k <= 100³ (its DYNAMIC_ARCH build reads the kernel table as addresses),
-so products that small also go to np.matmul.
+`gemm(a, b, c, beta)` is that call for 2-D views: c = a @ b + beta · c. The function is
+found by name (NumPy renames OpenBLAS's symbols and may use 64-bit integers) and given to
+LLVM as a named symbol, so the kernels that call it can still be cached on disk.
 """
 import ctypes
 
+import llvmlite.binding as llvm
+import numba
 import numpy as np
 import threadpoolctl
+from numba import types
+from numba.extending import overload
 
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
-SMALL_MATRIX_LIMIT = 100 ** 3
+NAMES = ("scipy_cblas_{}gemm64_", "cblas_{}gemm64_", "scipy_cblas_{}gemm", "cblas_{}gemm")
 
 
-def load_batch_gemm():
-    """{dtype: the C function} from NumPy's OpenBLAS, or {} where it has none."""
+def find_openblas_gemm():
+    """(sgemm address, dgemm address, 64-bit integers?) of NumPy's OpenBLAS, or None."""
     for info in threadpoolctl.threadpool_info():
         if info["user_api"] != "blas" or info["internal_api"] != "openblas":
             continue
         library = ctypes.CDLL(info["filepath"])
-        integer = ctypes.c_int64 if uses_64bit_integers(library) else ctypes.c_int
-        functions = {}
-        for dtype, name, scalar in ((np.float32, "cblas_sgemm_batch_strided", ctypes.c_float),
-                                    (np.float64, "cblas_dgemm_batch_strided", ctypes.c_double)):
-            function = getattr(library, name, None)
-            if function is None:
-                return {}
-            p, n = ctypes.c_void_p, integer
-            function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, n, n, n, scalar, p, n, n, p, n, n,
-                                 scalar, p, n, n, n]
-            function.restype = None
-            functions[np.dtype(dtype)] = function
-        return functions
-    return {}
+        for name in NAMES:
+            functions = [getattr(library, name.format(kind), None) for kind in "sd"]
+            if None not in functions:
+                addresses = [ctypes.cast(f, ctypes.c_void_p).value for f in functions]
+                return addresses[0], addresses[1], uses_64bit_integers(library)
+    return None
 
 
 def uses_64bit_integers(library):
-    """Whether this OpenBLAS takes 64-bit integers (NumPy's does: its symbols are renamed to
-    end in 64_, though the batch functions kept their plain names), from its build string."""
+    """Whether this OpenBLAS takes 64-bit integers (NumPy's does), from its build string."""
     for name in ("scipy_openblas_get_config64_", "openblas_get_config64_", "openblas_get_config"):
         get_config = getattr(library, name, None)
         if get_config is not None:
@@ -55,36 +48,53 @@ def uses_64bit_integers(library):
     return False
 
 
-BATCH_GEMM = load_batch_gemm()
+def external_gemm(kind, address, integer):
+    # The width is in the symbol's name, so a kernel cached for the other width fails to link
+    # instead of passing wrong integers.
+    name = f"nano2_{kind}gemm_{integer.bitwidth}"
+    llvm.add_symbol(name, address)
+    scalar = {"s": types.float32, "d": types.float64}[kind]
+    p = types.voidptr
+    return types.ExternalFunction(name, types.void(types.intc, types.intc, types.intc, integer, integer, integer,
+                                                   scalar, p, integer, p, integer, scalar, p, integer))
 
 
+FOUND = find_openblas_gemm()
+if FOUND:
+    threadpoolctl.threadpool_limits(limits=1, user_api="blas")  # the threads are Numba's (above)
+    sgemm_address, dgemm_address, wide = FOUND
+    integer_type = types.int64 if wide else types.intc
+    sgemm = external_gemm("s", sgemm_address, integer_type)
+    dgemm = external_gemm("d", dgemm_address, integer_type)
+
+
+@numba.njit(inline="always")
 def layout(x):
-    """(CBLAS transpose flag, leading dimension, batch stride) of a 3-D view whose matrices
-    have contiguous rows or contiguous columns, in elements; None for any other view."""
-    s0, s1, s2 = (s // x.itemsize for s in x.strides)
-    _, rows, cols = x.shape
-    if s2 == 1 and s1 >= cols:
-        return NO_TRANS, s1, s0
-    if s1 == 1 and s2 >= rows:
-        return TRANS, s2, s0
-    return None
+    """(CBLAS transpose flag, leading dimension) of a 2-D view with contiguous rows or columns;
+    (0, 0) for any other view."""
+    rows, cols = x.shape
+    row_stride, col_stride = x.strides[0] // x.itemsize, x.strides[1] // x.itemsize
+    if col_stride == 1 or cols == 1:
+        return NO_TRANS, max(row_stride, cols, 1)
+    if row_stride == 1 or rows == 1:
+        return TRANS, max(col_stride, rows, 1)
+    return 0, 0
 
 
-def batched_matmul(a, b, out, accumulate=False):
-    """out[i] = a[i] @ b[i], or out[i] += a[i] @ b[i] when accumulating, for 3-D views (a
-    transposed view is fine: it is not copied)."""
-    batch, m, k = a.shape
-    n = b.shape[2]
-    function = BATCH_GEMM.get(out.dtype)
-    a_layout, b_layout, out_layout = layout(a), layout(b), layout(out)
-    if (function is None or m * n * k <= SMALL_MATRIX_LIMIT or a.dtype != out.dtype or b.dtype != out.dtype
-            or None in (a_layout, b_layout, out_layout) or out_layout[0] != NO_TRANS):
-        if accumulate:
-            out += a @ b
-        else:
-            np.matmul(a, b, out=out)
-        return out
-    (a_trans, lda, a_stride), (b_trans, ldb, b_stride), (_, ldc, c_stride) = a_layout, b_layout, out_layout
-    function(ROW_MAJOR, a_trans, b_trans, m, n, k, 1.0, a.ctypes.data, lda, a_stride, b.ctypes.data, ldb,
-             b_stride, 1.0 if accumulate else 0.0, out.ctypes.data, ldc, c_stride, batch)
-    return out
+def gemm(a, b, c, beta):
+    """c = a @ b + beta · c on this thread, inside a Numba kernel (a transposed view is read as
+    it is, not copied). c's rows must be contiguous, and no view strided both ways."""
+    raise NotImplementedError("gemm is called from Numba kernels only")
+
+
+@overload(gemm)
+def gemm_for(a, b, c, beta):
+    function = sgemm if c.dtype == types.float32 else dgemm
+
+    def product(a, b, c, beta):
+        a_trans, lda = layout(a)
+        b_trans, ldb = layout(b)
+        _, ldc = layout(c)
+        function(ROW_MAJOR, a_trans, b_trans, c.shape[0], c.shape[1], a.shape[1], 1.0, a.ctypes.data, lda,
+                 b.ctypes.data, ldb, beta, c.ctypes.data, ldc)
+    return product

@@ -1,171 +1,243 @@
 """Numba (and BLAS) versions of the hot kernels for NumPy arrays, each held to reference.py by
 the tests. Compiled on first use and cached on disk, so only the first run pays for it.
 
+Every parallel loop here is a Numba `prange`, and the matrix products run inside them
+(engine/kernels/blas.py): one thread pool for the whole step, whose idle threads wait
+passively, so a step with more threads than cores slows in proportion instead of collapsing.
+
 `FAST` lets LLVM reorder and vectorise sums, but keeps NaN and Inf semantics, so a
-non-finite value still reaches the training loop's check. Numba's exp and tanh are scalar
-libm calls here (no SVML), ~10x slower than NumPy's SIMD ufuncs, so the kernels leave
-transcendentals to np.exp / np.tanh over whole blocks and fuse the arithmetic around them.
+non-finite value still reaches the training loop's check. Numba's exp is a scalar libm call
+(~1.8 ns here, against 0.13 ns for `fast_exp`'s vectorised polynomial), so float32 kernels
+take their exponentials from `fast_exp`, whose argument must stay float32: constants are
+made in the data's own type (`x.dtype.type(c)`), since a Python float would promote it.
 """
 import math
 import os
 
 import numba
 import numpy as np
-from numba import prange
+from llvmlite import ir
+from numba import prange, types
+from numba.extending import intrinsic, overload
 
-from engine.kernels import blas
+from engine.kernels import blas, reference
 from engine.kernels.reference import GELU_CUBIC, GELU_SCALE
 
-# Numba's default threading layer (OpenMP) fights OpenBLAS's spinning workers for the same
-# cores: a forward+backward of configs/nano2.json took 1.9x PyTorch's time with it and 0.92x
-# with Numba's own `workqueue` layer (bench/vs_torch.py, 2 threads). It must be chosen before
-# the first parallel kernel runs; a user's NUMBA_THREADING_LAYER still wins.
+# Numba's OpenMP layer spins after each loop (libgomp's default); its own `workqueue` layer
+# waits on a condition variable. It must be chosen before the first parallel kernel runs; a
+# user's NUMBA_THREADING_LAYER still wins.
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 
 FAST = {"reassoc", "contract", "arcp", "nsz"}
 
 
-# ---- causal attention: BLAS products over query blocks, Numba softmax ----------------------
+# ---- exp: Cody-Waite reduction and a degree-6 polynomial, for float32 ------------------------
 #
-# Query rows are taken `block` at a time; rows i0..i1-1 only see keys 0..i1-1, so each block's
-# products stop at i1 and the masked upper triangle is (mostly) never computed. Only the
-# diagonal block needs the mask, which the softmax loops apply by their bounds. Each block's
-# products run over all B·H heads in one batched BLAS call (engine/kernels/blas.py).
+# exp(x) = 2ⁿ · exp(r) with n = round(x / ln 2) and r = x - n ln 2 (ln 2 in two parts, so r is
+# exact), |r| <= ln 2 / 2; exp(r) by Cephes' expf polynomial (relative error ~1e-7); 2ⁿ by
+# writing n + 127 into a float32's exponent bits. x is clamped to where 2ⁿ stays a normal
+# float; a NaN passes through.
 
-def query_block(T, hd):
-    """Rows per block. With OpenBLAS's batched products: the fewest rows (a multiple of 64)
-    whose smallest product, block² · hd, is past the batch call's small-matrix limit, if that
-    leaves at least two blocks; 128 for head size 64. Otherwise 64, which was fastest here
-    with np.matmul at T = 128..1024 (32 wastes less on the mask but makes twice the small
-    BLAS calls; 128 wastes more)."""
-    if blas.BATCH_GEMM:
-        block = 64
-        while block * block * hd <= blas.SMALL_MATRIX_LIMIT:
-            block += 64
-        if 2 * block <= T:
-            return block
-    return 64
+@intrinsic
+def float32_from_bits(typingctx, bits):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(types.int32), codegen
+
+
+def fast_exp(x):
+    return math.exp(x)
+
+
+@overload(fast_exp, fastmath=FAST)
+def fast_exp_for(x):
+    if x != types.float32:
+        return lambda x: math.exp(x)
+
+    def exp_float32(x):
+        c = x if x > np.float32(-87.33) else np.float32(-87.33)
+        c = c if c < np.float32(88.0) else np.float32(88.0)
+        n = np.floor(c * np.float32(1.4426950408889634) + np.float32(0.5))
+        r = c - n * np.float32(0.693359375) + n * np.float32(2.12194440e-4)
+        p = np.float32(1.9875691500e-4)
+        p = p * r + np.float32(1.3981999507e-3)
+        p = p * r + np.float32(8.3334519073e-3)
+        p = p * r + np.float32(4.1665795894e-2)
+        p = p * r + np.float32(1.6666665459e-1)
+        p = p * r + np.float32(5.0000001201e-1)
+        p = p * r * r + r + np.float32(1.0)
+        e = p * float32_from_bits((np.int32(n) + np.int32(127)) << np.int32(23))
+        return e if x == x else x
+    return exp_float32
+
+
+# ---- matrix products: rows shared among the threads, each calling BLAS on its own --------
+
+@numba.njit(inline="always")
+def row_span(n, part, parts):
+    """Rows [r0, r1) of n that thread `part` of `parts` takes."""
+    return n * part // parts, n * (part + 1) // parts
+
+
+@numba.njit(parallel=True, cache=True)
+def matmul_rows(a, b, bias, out, parts):
+    for part in prange(parts):
+        r0, r1 = row_span(a.shape[0], part, parts)
+        blas.gemm(a[r0:r1], b, out[r0:r1], 0.0)
+        if bias is not None:
+            for r in range(r0, r1):
+                for j in range(out.shape[1]):
+                    out[r, j] += bias[j]
+
+
+@numba.njit(parallel=True, cache=True)
+def linear_backward_rows(dy, x, w, dx, dw, db_parts):
+    """Each thread: its rows of dx = dy Wᵀ, its rows of dW = xᵀ dy, and dy's column sums over
+    its rows of dx (summed over the threads afterwards)."""
+    parts = db_parts.shape[0]
+    for part in prange(parts):
+        r0, r1 = row_span(dy.shape[0], part, parts)
+        blas.gemm(dy[r0:r1], w.T, dx[r0:r1], 0.0)
+        c0, c1 = row_span(x.shape[1], part, parts)
+        blas.gemm(x[:, c0:c1].T, dy, dw[c0:c1], 0.0)
+        for r in range(r0, r1):
+            for j in range(dy.shape[1]):
+                db_parts[part, j] += dy[r, j]
+
+
+def blas_view(x):
+    """x, or a contiguous copy where neither its rows nor its columns are contiguous."""
+    if x.strides[-1] == x.itemsize or x.strides[0] == x.itemsize:
+        return x
+    return np.ascontiguousarray(x)
+
+
+def matmul(a, b, bias=None):
+    """reference.matmul."""
+    out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
+    matmul_rows(blas_view(a), blas_view(b), bias, out, numba.get_num_threads())
+    return out
+
+
+def linear_backward(dy, x, w):
+    """reference.linear_backward."""
+    dy, x, w = blas_view(dy), blas_view(x), blas_view(w)
+    dx = np.empty((dy.shape[0], w.shape[0]), dtype=dy.dtype)
+    dw = np.empty(w.shape, dtype=dy.dtype)
+    db_parts = np.zeros((numba.get_num_threads(), dy.shape[1]))
+    linear_backward_rows(dy, x, w, dx, dw, db_parts)
+    return dx, dw, db_parts.sum(axis=0).astype(dy.dtype)
+
+
+# ---- causal attention: one (batch, head) at a time per thread, its scores kept in cache -----
+#
+# Query rows are taken BLOCK at a time; rows i0..i1-1 only see keys 0..i1-1, so a block's
+# products stop at i1 and the masked upper triangle is (mostly) never computed. A head's
+# scores for one block, BLOCK x T floats, stay in the thread's cache from the product that
+# writes them through the softmax to the product that reads them.
+
+BLOCK = 64
 
 
 @numba.njit(parallel=True, cache=True, fastmath=FAST)
-def shift_causal_rows(scores, first_row, scale, shift, find_max):
-    """scores (BH, rows, keys) of query rows first_row.. become scale · scores - shift[row], with
-    -inf past each row's own position (so exp makes them 0). shift (BH, rows) is given (the
-    backward's lse), or, with find_max, written: each row's max of its visible scaled scores."""
-    BH, rows, keys = scores.shape
-    for bh in prange(BH):
-        for r in range(rows):
-            visible = first_row + r + 1
-            row = scores[bh, r]
-            if find_max:
-                top = -np.inf
+def attention_forward_heads(q, k, v, out, lse):
+    B, H, T, hd = q.shape
+    scale = q.dtype.type(1.0 / math.sqrt(hd))
+    for task in prange(B * H):
+        b, h = task // H, task % H
+        scores = np.empty((BLOCK, T), dtype=q.dtype)
+        for i0 in range(0, T, BLOCK):
+            i1 = min(i0 + BLOCK, T)
+            s = scores[:i1 - i0, :i1]
+            blas.gemm(q[b, h, i0:i1], k[b, h, :i1].T, s, 0.0)
+            for r in range(i1 - i0):
+                visible = i0 + r + 1
+                row = s[r]
+                top = row[0]
+                for j in range(1, visible):
+                    top = max(top, row[j])
+                shift = top * scale
+                total = 0.0
                 for j in range(visible):
-                    top = max(top, row[j] * scale)
-                shift[bh, r] = top
-            offset = shift[bh, r]
-            for j in range(visible):
-                row[j] = row[j] * scale - offset
-            for j in range(visible, keys):
-                row[j] = -np.inf
+                    e = fast_exp(row[j] * scale - shift)
+                    row[j] = e
+                    total += e
+                inverse = q.dtype.type(1.0 / total)
+                for j in range(visible):
+                    row[j] *= inverse
+                row[visible:] = 0.0
+                lse[b, h, i0 + r] = shift + math.log(total)
+            blas.gemm(s, v[b, h, :i1], out[b, h, i0:i1], 0.0)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=FAST)
-def normalize_rows(probs, lse):
-    """probs = exp(scores - max) per row, normalised in place; lse (holding the max) += log(sum)."""
-    BH, rows, keys = probs.shape
-    for bh in prange(BH):
-        for r in range(rows):
-            total = 0.0
-            for j in range(keys):
-                total += probs[bh, r, j]
-            inverse = 1.0 / total
-            for j in range(keys):
-                probs[bh, r, j] *= inverse
-            lse[bh, r] += math.log(total)
+def attention_backward_heads(dout, q, k, v, out, lse, dq, dk, dv):
+    """dk and dv must start at zero: each block adds its share."""
+    B, H, T, hd = q.shape
+    scale = q.dtype.type(1.0 / math.sqrt(hd))
+    for task in prange(B * H):
+        b, h = task // H, task % H
+        probs = np.empty((BLOCK, T), dtype=q.dtype)
+        dprobs = np.empty((BLOCK, T), dtype=q.dtype)
+        for i0 in range(0, T, BLOCK):
+            i1 = min(i0 + BLOCK, T)
+            p, dp = probs[:i1 - i0, :i1], dprobs[:i1 - i0, :i1]
+            blas.gemm(q[b, h, i0:i1], k[b, h, :i1].T, p, 0.0)
+            for r in range(i1 - i0):
+                visible = i0 + r + 1
+                shift = lse[b, h, i0 + r]
+                for j in range(visible):
+                    p[r, j] = fast_exp(p[r, j] * scale - shift)
+                p[r, visible:] = 0.0
+            blas.gemm(p.T, dout[b, h, i0:i1], dv[b, h, :i1], 1.0)
+            blas.gemm(dout[b, h, i0:i1], v[b, h, :i1].T, dp, 0.0)
+            for r in range(i1 - i0):
+                total = 0.0
+                for i in range(hd):
+                    total += dout[b, h, i0 + r, i] * out[b, h, i0 + r, i]
+                row_dot = q.dtype.type(total)
+                for j in range(i1):
+                    dp[r, j] = p[r, j] * (dp[r, j] - row_dot) * scale
+            blas.gemm(dp, k[b, h, :i1], dq[b, h, i0:i1], 0.0)
+            blas.gemm(dp.T, q[b, h, i0:i1], dk[b, h, :i1], 1.0)
 
 
-@numba.njit(parallel=True, cache=True, fastmath=FAST)
-def softmax_grad_rows(probs, dprobs, row_dot, scale):
-    """dprobs becomes dS · scale = P ∘ (dP - D) · scale in place."""
-    BH, rows, keys = probs.shape
-    for bh in prange(BH):
-        for r in range(rows):
-            for j in range(keys):
-                dprobs[bh, r, j] = probs[bh, r, j] * (dprobs[bh, r, j] - row_dot[bh, r]) * scale
+def head_views(x):
+    """x, or a copy, such that each (T, hd) head has contiguous rows."""
+    return x if x.strides[-1] == x.itemsize else np.ascontiguousarray(x)
 
 
-@numba.njit(parallel=True, cache=True, fastmath=FAST)
-def rowwise_dot(a, b, out):
-    BH, T, hd = a.shape
-    for bh in prange(BH):
-        for t in range(T):
-            total = 0.0
-            for i in range(hd):
-                total += a[bh, t, i] * b[bh, t, i]
-            out[bh, t] = total
+def per_head_output(B, H, T, hd, dtype, zeros=False):
+    """A (B, H, T, hd) view of a (B, T, H, hd) buffer, so merging the heads back costs no copy."""
+    return (np.zeros if zeros else np.empty)((B, T, H, hd), dtype=dtype).transpose(0, 2, 1, 3)
 
 
 def attention_forward(q, k, v):
     """reference.attention_forward, block by block (see above)."""
+    q, k, v = (head_views(a) for a in (q, k, v))
     B, H, T, hd = q.shape
-    q3, k3, v3 = (a.reshape(B * H, T, hd) for a in (q, k, v))
-    scale = 1.0 / math.sqrt(hd)
-    out = np.empty_like(q3)
-    lse = np.empty((B * H, T), dtype=q.dtype)
-    block = query_block(T, hd)
-    workspace = np.empty(B * H * block * T, dtype=q.dtype)
-    for i0 in range(0, T, block):
-        i1 = min(i0 + block, T)
-        scores = workspace[:B * H * (i1 - i0) * i1].reshape(B * H, i1 - i0, i1)
-        blas.batched_matmul(q3[:, i0:i1], k3[:, :i1].transpose(0, 2, 1), scores)
-        row_lse = lse[:, i0:i1]  # the row max first; normalize_rows adds log Σ exp
-        shift_causal_rows(scores, i0, scale, row_lse, True)
-        np.exp(scores, out=scores)
-        normalize_rows(scores, row_lse)
-        blas.batched_matmul(scores, v3[:, :i1], out[:, i0:i1])
-    return out.reshape(B, H, T, hd), lse.reshape(B, H, T)
+    out = per_head_output(B, H, T, hd, q.dtype)
+    lse = np.empty((B, H, T), dtype=q.dtype)
+    attention_forward_heads(q, k, v, out, lse)
+    return out, lse
 
 
 def attention_backward(dout, q, k, v, out, lse):
     """reference.attention_backward, block by block, recomputing P from the stored lse."""
-    B, H, T, hd = q.shape
-    q3, k3, v3, do3, o3 = (a.reshape(B * H, T, hd) for a in (q, k, v, dout, out))
-    lse2 = lse.reshape(B * H, T)
-    scale = 1.0 / math.sqrt(hd)
-    row_dot = np.empty((B * H, T), dtype=q.dtype)
-    rowwise_dot(do3, o3, row_dot)
-    dq = np.empty_like(q3)
-    dk = np.zeros_like(k3)
-    dv = np.zeros_like(v3)
-    block = query_block(T, hd)
-    probs_space = np.empty(B * H * block * T, dtype=q.dtype)
-    dprobs_space = np.empty(B * H * block * T, dtype=q.dtype)
-    for i0 in range(0, T, block):
-        i1 = min(i0 + block, T)
-        shape = (B * H, i1 - i0, i1)
-        probs = probs_space[:math.prod(shape)].reshape(shape)
-        dprobs = dprobs_space[:math.prod(shape)].reshape(shape)
-        blas.batched_matmul(q3[:, i0:i1], k3[:, :i1].transpose(0, 2, 1), probs)
-        shift_causal_rows(probs, i0, scale, lse2[:, i0:i1], False)
-        np.exp(probs, out=probs)
-        blas.batched_matmul(probs.transpose(0, 2, 1), do3[:, i0:i1], dv[:, :i1], accumulate=True)
-        blas.batched_matmul(do3[:, i0:i1], v3[:, :i1].transpose(0, 2, 1), dprobs)
-        softmax_grad_rows(probs, dprobs, row_dot[:, i0:i1], scale)
-        blas.batched_matmul(dprobs, k3[:, :i1], dq[:, i0:i1])
-        blas.batched_matmul(dprobs.transpose(0, 2, 1), q3[:, i0:i1], dk[:, :i1], accumulate=True)
-    return tuple(a.reshape(B, H, T, hd) for a in (dq, dk, dv))
+    dout, q, k, v, out = (head_views(a) for a in (dout, q, k, v, out))
+    dq = per_head_output(*q.shape, q.dtype)
+    dk, dv = (per_head_output(*q.shape, q.dtype, zeros=True) for _ in range(2))
+    attention_backward_heads(dout, q, k, v, out, lse, dq, dk, dv)
+    return dq, dk, dv
 
 
 # ---- LayerNorm, GELU, softmax + cross-entropy ------------------------------------------------
-#
-# LayerNorm and GELU run on one thread: they follow a matrix product, and as parallel loops they
-# ran no faster against OpenBLAS's still-spinning worker thread (measured in the whole model).
 
-@numba.njit(cache=True, fastmath=FAST)
+@numba.njit(parallel=True, cache=True, fastmath=FAST)
 def layernorm_rows(x, w, b, eps, y, mean, rstd):
     N, d = x.shape
-    for n in range(N):
+    for n in prange(N):
         total = 0.0
         for i in range(d):
             total += x[n, i]
@@ -190,84 +262,79 @@ def layernorm_forward(x, w, b, eps=1e-5):
     return y.reshape(x.shape), mean.reshape(x.shape[:-1]), rstd.reshape(x.shape[:-1])
 
 
-@numba.njit(cache=True, fastmath=FAST)
-def layernorm_backward_rows(dy, x, mean, rstd, w, dx, dw, db):
-    """dx per row; dw and db (float64) summed over the rows."""
+@numba.njit(parallel=True, cache=True, fastmath=FAST)
+def layernorm_backward_rows(dy, x, mean, rstd, w, dx, dw_parts, db_parts):
+    """dx per row; each thread sums dw and db over its rows into its own float64 row."""
     N, d = x.shape
-    for n in range(N):
-        g_mean = 0.0
-        gx_mean = 0.0
-        for i in range(d):
-            xhat = (x[n, i] - mean[n]) * rstd[n]
-            g = dy[n, i] * w[i]
-            g_mean += g
-            gx_mean += g * xhat
-            dw[i] += dy[n, i] * xhat
-            db[i] += dy[n, i]
-        g_mean /= d
-        gx_mean /= d
-        for i in range(d):
-            xhat = (x[n, i] - mean[n]) * rstd[n]
-            dx[n, i] = rstd[n] * (dy[n, i] * w[i] - g_mean - xhat * gx_mean)
+    parts = dw_parts.shape[0]
+    for part in prange(parts):
+        n0, n1 = row_span(N, part, parts)
+        dw, db = dw_parts[part], db_parts[part]
+        for n in range(n0, n1):
+            g_mean = 0.0
+            gx_mean = 0.0
+            for i in range(d):
+                xhat = (x[n, i] - mean[n]) * rstd[n]
+                g = dy[n, i] * w[i]
+                g_mean += g
+                gx_mean += g * xhat
+                dw[i] += dy[n, i] * xhat
+                db[i] += dy[n, i]
+            g_mean /= d
+            gx_mean /= d
+            for i in range(d):
+                xhat = (x[n, i] - mean[n]) * rstd[n]
+                dx[n, i] = rstd[n] * (dy[n, i] * w[i] - g_mean - xhat * gx_mean)
 
 
 def layernorm_backward(dy, x, mean, rstd, w):
     d = x.shape[-1]
     rows = x.reshape(-1, d)
     dx = np.empty_like(rows)
-    dw, db = np.zeros(d), np.zeros(d)
-    layernorm_backward_rows(dy.reshape(-1, d), rows, mean.reshape(-1), rstd.reshape(-1), w, dx, dw, db)
-    return dx.reshape(x.shape), dw.astype(x.dtype), db.astype(x.dtype)
+    dw_parts, db_parts = (np.zeros((numba.get_num_threads(), d)) for _ in range(2))
+    layernorm_backward_rows(dy.reshape(-1, d), rows, mean.reshape(-1), rstd.reshape(-1), w, dx, dw_parts, db_parts)
+    return dx.reshape(x.shape), dw_parts.sum(axis=0).astype(x.dtype), db_parts.sum(axis=0).astype(x.dtype)
 
 
-@numba.njit(cache=True, fastmath=FAST)
-def gelu_inner(x, u):
+# GELU as x · σ(2u) = x / (1 + exp(-2u)), since ½ (1 + tanh u) = σ(2u): one exponential, and no
+# 1 + tanh u to lose its digits where tanh u is near -1. The gradient, σ + 2x σ (1 - σ) du/dx,
+# is the reference's ½ (1 + tanh u) + ½ x (1 - tanh² u) du/dx with 1 - tanh² u = 4σ (1 - σ).
+
+@numba.njit(parallel=True, cache=True, fastmath=FAST)
+def gelu_rows(x, y):
     N, F = x.shape
-    for n in range(N):
+    one, minus_2scale, cubic = x.dtype.type(1.0), x.dtype.type(-2.0 * GELU_SCALE), x.dtype.type(GELU_CUBIC)
+    for n in prange(N):
         for i in range(F):
             a = x[n, i]
-            u[n, i] = GELU_SCALE * (a + GELU_CUBIC * a * a * a)
+            y[n, i] = a / (one + fast_exp(minus_2scale * (a + cubic * a * a * a)))
 
 
-@numba.njit(cache=True, fastmath=FAST)
-def gelu_outer(x, tanh_u):
-    """tanh_u becomes ½ x (1 + tanh u) in place."""
+@numba.njit(parallel=True, cache=True, fastmath=FAST)
+def gelu_backward_rows(dy, x, dx):
     N, F = x.shape
-    for n in range(N):
-        for i in range(F):
-            tanh_u[n, i] = 0.5 * x[n, i] * (1.0 + tanh_u[n, i])
-
-
-@numba.njit(cache=True, fastmath=FAST)
-def gelu_grad(dy, x, tanh_u):
-    """tanh_u becomes dy · d gelu / dx in place."""
-    N, F = x.shape
-    for n in range(N):
+    one, two, minus_2scale, cubic = x.dtype.type(1.0), x.dtype.type(2.0), x.dtype.type(-2.0 * GELU_SCALE), \
+        x.dtype.type(GELU_CUBIC)
+    du_0, du_2 = x.dtype.type(GELU_SCALE), x.dtype.type(3.0 * GELU_SCALE * GELU_CUBIC)
+    for n in prange(N):
         for i in range(F):
             a = x[n, i]
-            t = tanh_u[n, i]
-            du = GELU_SCALE * (1.0 + 3.0 * GELU_CUBIC * a * a)
-            tanh_u[n, i] = dy[n, i] * (0.5 * (1.0 + t) + 0.5 * a * (1.0 - t * t) * du)
-
-
-def gelu_tanh(x):
-    """tanh(√(2/π) (x + 0.044715 x³)), as a new (N, F) array: arithmetic in Numba, tanh in NumPy."""
-    rows = x.reshape(-1, x.shape[-1])
-    tanh_u = np.empty_like(rows)
-    gelu_inner(rows, tanh_u)
-    np.tanh(tanh_u, out=tanh_u)
-    return rows, tanh_u
+            s = one / (one + fast_exp(minus_2scale * (a + cubic * a * a * a)))
+            du = du_0 + du_2 * a * a
+            dx[n, i] = dy[n, i] * (s + two * a * s * (one - s) * du)
 
 
 def gelu_forward(x):
-    rows, y = gelu_tanh(x)
-    gelu_outer(rows, y)
+    rows = x.reshape(-1, x.shape[-1])
+    y = np.empty_like(rows)
+    gelu_rows(rows, y)
     return y.reshape(x.shape)
 
 
 def gelu_backward(dy, x):
-    rows, dx = gelu_tanh(x)
-    gelu_grad(dy.reshape(rows.shape), rows, dx)
+    rows = x.reshape(-1, x.shape[-1])
+    dx = np.empty_like(rows)
+    gelu_backward_rows(dy.reshape(rows.shape), rows, dx)
     return dx.reshape(x.shape)
 
 
@@ -275,12 +342,12 @@ def gelu_backward(dy, x):
 def softmax_xent_rows(logits, targets, losses, lse):
     N, V = logits.shape
     for n in prange(N):
-        top = -np.inf
-        for j in range(V):
+        top = logits[n, 0]
+        for j in range(1, V):
             top = max(top, logits[n, j])
         total = 0.0
         for j in range(V):
-            total += math.exp(logits[n, j] - top)
+            total += fast_exp(logits[n, j] - top)
         lse[n] = top + math.log(total)
         losses[n] = lse[n] - logits[n, targets[n]]
 
@@ -290,7 +357,7 @@ def softmax_xent_backward_rows(dlosses, logits, lse, targets, dlogits):
     N, V = logits.shape
     for n in prange(N):
         for j in range(V):
-            dlogits[n, j] = math.exp(logits[n, j] - lse[n]) * dlosses[n]
+            dlogits[n, j] = fast_exp(logits[n, j] - lse[n]) * dlosses[n]
         dlogits[n, targets[n]] -= dlosses[n]
 
 
@@ -345,3 +412,8 @@ def adamw_step(param, grad, m, v, decay, lr, beta1, beta2, eps, weight_decay, st
         v[i] = beta2 * v[i] + (1.0 - beta2) * g * g
         p = param[i] * shrink if decay[i] else param[i]
         param[i] = p - (lr / bias1) * m[i] / (math.sqrt(v[i]) / bias2_sqrt + eps)
+
+
+if not blas.FOUND:  # no OpenBLAS to call from inside the kernels: NumPy's BLAS, on its own threads
+    matmul, linear_backward = reference.matmul, reference.linear_backward
+    attention_forward, attention_backward = reference.attention_forward, reference.attention_backward

@@ -12,6 +12,17 @@ import numpy as np
 from engine.backend import array_module
 
 
+def matmul(a, b, bias=None):
+    """a @ b for 2-D a and b, plus bias on every row when given (a linear layer's forward)."""
+    y = a @ b
+    return y if bias is None else y + bias
+
+
+def linear_backward(dy, x, w):
+    """For y = x W + b over rows: dx = dy Wᵀ, dW = xᵀ dy, db = Σ_n dy[n]."""
+    return dy @ w.T, x.T @ dy, dy.sum(axis=0)
+
+
 def causal_scores(q, k, start=0):
     """q kᵀ / √hd with every future position (key after query) set to -inf; the queries are
     positions start.. (a KV-cached step), the keys positions 0.."""
