@@ -1,5 +1,6 @@
 """nano2 against PyTorch eager on this machine's CPU: forward and forward+backward time, their
-ratios, each side's measured sgemm peak and MFU, and each side's peak memory.
+ratios, each side's measured sgemm peak and MFU, each side's peak memory, and the step time of
+two processes at once with twice the threads the cores can hold (oversubscribed).
 
     .venv/bin/python bench/vs_torch.py [--config configs/nano2.json] [--batch-size 8] [--seq-len 256]
                                        [--threads N] [--repeats 3] [--iters 5] [--warmup 2]
@@ -13,10 +14,18 @@ autograd graph. A forward+backward is zero the gradients, forward, backward, eac
 own way (nano2 fills its flat gradient buffer with zeros, PyTorch sets .grad to None). The two
 losses on the batch are compared first, so a mismatch stops the benchmark.
 
-Timing: each side lives in a subprocess of its own, and this process alternates them: in every
-repeat, nano2 forward, PyTorch forward, nano2 forward+backward, PyTorch forward+backward,
---iters iterations each, so a drift in the machine's speed hits both sides; a side's median
-is over all its iterations. The side not being timed waits on a pipe and uses no CPU.
+Timing: every measurement runs in a fresh subprocess of its own, with the library's default
+settings (PyTorch's OpenMP threads spin as they do for its users), and nothing else runs while
+it measures: no other worker exists, so neither side's idle threads can take the other's
+cores. In every repeat: nano2 forward, PyTorch forward, nano2 forward+backward, PyTorch
+forward+backward, --iters iterations each, so a drift in the machine's speed hits both sides;
+a side's median is over all its iterations.
+
+Oversubscribed: two fresh workers of one side at once, each timing forward+backward on the same
+batch with --threads threads (so twice as many busy threads as cores when --threads is the
+core count), against two workers with half as many threads each: the ratio of the two medians
+says how a step degrades when a second job (or a second rank that sees every core) shares the
+machine. Plain processes, no MPI, so both sides do the same work and nothing else.
 
 Memory: each subprocess imports its library and runs a tiny model's forward and backward (which
 loads Numba's compiled kernels or initialises PyTorch's lazily loaded ones), then takes its
@@ -92,13 +101,12 @@ class Nano2Side:
         from engine.flops import measure_matmul_flops
         return measure_matmul_flops(np, np.float32)
 
-    def matmul_shares(self, iters):
-        """The shares of a forward+backward spent in the linear layers' and the head's matrix
-        products, and in the attention core's own, from nano2_cpu_fwandbw --profile's timers."""
+    def matmul_share(self, iters):
+        """The share of a forward+backward spent in the linear layers' and the head's matrix
+        products, from nano2_cpu_fwandbw --profile's timers."""
         from engine import comm
         from train.timing import run_profile
-        profile = run_profile(self.model, self.forward_backward, iters, comm.world(), None, "fwbw")
-        return profile["matmul_share"], profile["attention_products_share"]
+        return run_profile(self.model, self.forward_backward, iters, comm.world(), None, "fwbw")["matmul_share"]
 
 
 class TorchSide:
@@ -128,6 +136,18 @@ class TorchSide:
         for p in self.params.values():
             p.grad = None
         self.loss().backward()
+
+    def matmul_share(self, iters):
+        """The share of a forward+backward spent in the matrix products (aten::mm and aten::addmm
+        self time in torch.profiler) over the profiled iterations' wall time."""
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            started = time.perf_counter()
+            for _ in range(iters):
+                self.forward_backward()
+            seconds = time.perf_counter() - started
+        products = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in ("aten::mm", "aten::addmm"))
+        return products * 1e-6 / seconds
 
     def peak_flops(self, n=1024, seconds=0.3):
         """engine.flops.measure_matmul_flops, with torch.matmul."""
@@ -169,8 +189,8 @@ def worker(side_name, threads):
             reply = {"peak": memory_status()[1] - baseline}
         elif command == "peak":
             reply = {"flops": side.peak_flops()}
-        elif command == "matmul_shares":
-            reply = {"shares": side.matmul_shares(int(argument))}
+        elif command == "matmul_share":
+            reply = {"share": side.matmul_share(int(argument))}
         replies.write(json.dumps(reply) + "\n")
 
 
@@ -179,20 +199,22 @@ def worker(side_name, threads):
 class Worker:
     def __init__(self, side, threads):
         self.side = side
-        # OpenMP threads spin for a while after each parallel region; spinning in the idle
-        # worker, they took a core from the one being timed (nano2 measured 1.45x PyTorch's
-        # time instead of 0.88x). Told to sleep when idle, PyTorch's own times did not change.
-        env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
         self.process = subprocess.Popen([sys.executable, __file__, "--worker", side, "--threads", str(threads)],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
-    def ask(self, command, argument="-"):
+    def send(self, command, argument="-"):
         self.process.stdin.write(f"{command} {argument}\n")
         self.process.stdin.flush()
+
+    def reply(self, command):
         line = self.process.stdout.readline()
         if not line:
             sys.exit(f"vs_torch: the {self.side} worker ended during {command!r} (its error is above)")
         return json.loads(line)
+
+    def ask(self, command, argument="-"):
+        self.send(command, argument)
+        return self.reply(command)
 
     def close(self):
         self.process.stdin.close()
@@ -223,14 +245,27 @@ def set_up(worker, tiny_path, model_path, warmup):
     return loss
 
 
+def two_at_once(side, threads, tiny_path, model_path, args):
+    """The forward+backward seconds of two fresh workers of `side` timed at the same time."""
+    workers = [Worker(side, threads) for _ in range(2)]
+    for worker in workers:
+        set_up(worker, tiny_path, model_path, args.warmup)
+    for worker in workers:
+        worker.send("fwbw", args.iters)
+    seconds = [t for worker in workers for t in worker.reply("fwbw")["seconds"]]
+    for worker in workers:
+        worker.close()
+    return seconds
+
+
 def draw(rows, path, title):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6.5, 4), dpi=100)
+    fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
     labels = list(rows)
     ratios = [rows[label] for label in labels]
-    bars = ax.bar(labels, ratios, color=["tab:blue", "tab:orange", "tab:green"])
+    bars = ax.bar(labels, ratios, color=["tab:blue", "tab:orange", "tab:green", "tab:red"])
     ax.axhline(1.0, color="black", linewidth=1, linestyle="--", label="PyTorch")
     ax.legend(loc="upper right")
     for bar, ratio in zip(bars, ratios):
@@ -281,35 +316,39 @@ def main():
         tiny_path, model_path = os.path.join(tmp, "tiny.npz"), os.path.join(tmp, "model.npz")
         write_model_file(tiny_path, tiny, 2, 16)
         n_params = write_model_file(model_path, cfg, args.batch_size, args.seq_len)
-        # One side at a time, so neither sets up while the other measures.
-        workers, losses, peaks = {}, {}, {}
-        for side in sides:
-            workers[side] = Worker(side, args.threads)
-            losses[side] = set_up(workers[side], tiny_path, model_path, args.warmup)
-        if abs(losses["nano2"] - losses["torch"]) > 1e-4 * abs(losses["torch"]):
-            sys.exit(f"vs_torch: the losses differ (nano2 {losses['nano2']:.6f}, PyTorch {losses['torch']:.6f}); "
-                     f"the two models do not compute the same thing")
-        for side in sides:
-            peaks[side] = workers[side].ask("peak")["flops"]
-        seconds = {(side, mode): [] for side in sides for mode in ("fw", "fwbw")}
-        for _ in range(args.repeats):
+        half = max(1, args.threads // 2)
+        seconds = {(side, mode): [] for side in sides for mode in ("fw", "fwbw", "crowded", "shared")}
+        losses, peaks, memory = {}, {side: 0.0 for side in sides}, {side: 0 for side in sides}
+        for repeat in range(args.repeats):
             for mode in ("fw", "fwbw"):
                 for side in sides:
-                    seconds[side, mode] += workers[side].ask(mode, args.iters)["seconds"]
-        # Once more after the timing, keeping the better: a single 0.3 s measurement read as
-        # little as 55% of the machine's sgemm speed when it hit a slow moment (MFU above 100%).
+                    runner = Worker(side, args.threads)
+                    losses[side] = set_up(runner, tiny_path, model_path, args.warmup)
+                    seconds[side, mode] += runner.ask(mode, args.iters)["seconds"]
+                    memory[side] = max(memory[side], runner.ask("memory")["peak"])
+                    # Each worker measures it once more, keeping the best: a single 0.3 s measurement
+                    # read as little as 55% of the machine's sgemm speed when it hit a slow moment.
+                    peaks[side] = max(peaks[side], runner.ask("peak")["flops"])
+                    runner.close()
+                if repeat == 0 and abs(losses["nano2"] - losses["torch"]) > 1e-4 * abs(losses["torch"]):
+                    sys.exit(f"vs_torch: the losses differ (nano2 {losses['nano2']:.6f}, PyTorch "
+                             f"{losses['torch']:.6f}); the two models do not compute the same thing")
+            for mode, threads in (("crowded", args.threads), ("shared", half)):
+                for side in sides:
+                    seconds[side, mode] += two_at_once(side, threads, tiny_path, model_path, args)
+        matmul_share = {}
         for side in sides:
-            peaks[side] = max(peaks[side], workers[side].ask("peak")["flops"])
-        memory = {side: workers[side].ask("memory")["peak"] for side in sides}
-        matmul_share, attention_products_share = workers["nano2"].ask("matmul_shares", args.iters)["shares"]
-        for side in sides:
-            workers[side].close()
+            runner = Worker(side, args.threads)
+            set_up(runner, tiny_path, model_path, args.warmup)
+            matmul_share[side] = runner.ask("matmul_share", args.iters)["share"]
+            runner.close()
 
     median = {key: float(np.median(values)) for key, values in seconds.items()}
     tokens = args.batch_size * args.seq_len
     flops_per_token = {"fw": forward_flops_per_token(n_params, cfg.n_layer, cfg.d_model, args.seq_len),
                        "fwbw": training_flops_per_token(n_params, cfg.n_layer, cfg.d_model, args.seq_len)}
-    mfu = {key: flops_per_token[key[1]] * tokens / median[key] / peaks[key[0]] for key in median}
+    mfu = {(side, mode): flops_per_token[mode] * tokens / median[side, mode] / peaks[side]
+           for side in sides for mode in flops_per_token}
     config_name = os.path.splitext(os.path.basename(args.config))[0]
 
     print(f"nano2 vs {sides['torch']} eager on the CPU: {args.config} (d_model {cfg.d_model}, n_layer {cfg.n_layer}, "
@@ -330,14 +369,21 @@ def main():
     row("forward MFU", mfu["nano2", "fw"] * 100, mfu["torch", "fw"] * 100, "{:.1f}%")
     row("forward+backward MFU", mfu["nano2", "fwbw"] * 100, mfu["torch", "fwbw"] * 100, "{:.1f}%")
     row("peak memory MiB", memory["nano2"] / MIB, memory["torch"] / MIB, "{:.1f}")
-    print(f"nano2 forward+backward outside the linear layers' matrix products: {1 - matmul_share:.1%} of the step, "
-          f"of which the attention core's own products {attention_products_share:.1%} (per-layer timers, as "
-          f"nano2_cpu_fwandbw --profile)")
+    row(f"2 procs x {args.threads} threads fwbw ms", median["nano2", "crowded"] * 1e3, median["torch", "crowded"] * 1e3,
+        "{:.2f}")
+    row(f"2 procs x {half} threads fwbw ms", median["nano2", "shared"] * 1e3, median["torch", "shared"] * 1e3, "{:.2f}")
+    slowdown = {side: median[side, "crowded"] / median[side, "shared"] for side in sides}
+    row("oversubscribed slowdown", slowdown["nano2"], slowdown["torch"], "{:.2f}x")
+    outside = {side: (1 - matmul_share[side]) * median[side, "fwbw"] * 1e3 for side in sides}
+    row("fwbw ms outside products", outside["nano2"], outside["torch"], "{:.2f}")
+    print("outside products: the step less the linear layers' and the head's matrix products (nano2's "
+          "--profile timers; PyTorch's aten::mm/addmm self time in torch.profiler), as a share of each median")
 
     chart = os.path.join(HERE, f"vs_torch_{config_name}.png")
     draw({"forward time": median["nano2", "fw"] / median["torch", "fw"],
           "forward+backward time": median["nano2", "fwbw"] / median["torch", "fwbw"],
-          "peak memory": memory["nano2"] / memory["torch"]}, chart,
+          "peak memory": memory["nano2"] / memory["torch"],
+          "oversubscribed fwbw": median["nano2", "crowded"] / median["torch", "crowded"]}, chart,
          f"nano2 / {sides['torch']}, CPU, {config_name}, B {args.batch_size} x T {args.seq_len}, "
          f"{args.threads} threads")
     print(f"chart: {chart}")

@@ -16,7 +16,7 @@ def random(rng, shape, dtype, scale=1.0):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1, 1, 1, 8), (2, 3, 37, 16), (1, 2, 64, 32), (1, 1, 130, 64), (2, 1, 200, 24),
-                                   (2, 3, 300, 64), (1, 2, 260, 128)])  # the last two: batched BLAS, ragged
+                                   (2, 3, 300, 64), (1, 2, 260, 128)])  # the last two: several query blocks, ragged
 @pytest.mark.parametrize("packed", [False, True], ids=["contiguous", "qkv-views"])
 def test_attention(dtype, shape, packed):
     """packed: q, k, v are heads sliced out of one (B, T, 3d) buffer, as the layer passes them."""

@@ -31,7 +31,7 @@ class Config:
     seed: int = 1337
     dtype: str = "float32"
     device: str = "cpu"
-    threads: int = 0              # BLAS/Numba threads per rank; 0: the cores shared among local ranks
+    threads: int = 0              # CPU threads per rank (one pool); 0: the cores shared among local ranks
     comm: str = "mpi"             # gradient allreduce: "mpi", or "nccl" between GPUs
     tf32: bool = False            # on the GPU, float32 matrix products in TF32 (faster, ~1e-3 relative)
     # data (train/data.py)

@@ -2,8 +2,9 @@
 the tests. Compiled on first use and cached on disk, so only the first run pays for it.
 
 Every parallel loop here is a Numba `prange`, and the matrix products run inside them
-(engine/kernels/blas.py): one thread pool for the whole step, whose idle threads wait
-passively, so a step with more threads than cores slows in proportion instead of collapsing.
+(engine/kernels/blas.py): one thread pool for the whole step, whose idle threads spin briefly
+and then sleep, so a step with more threads than cores slows in proportion instead of
+collapsing (README, "Threads on the CPU", has the measurements that chose this).
 
 `FAST` lets LLVM reorder and vectorise sums, but keeps NaN and Inf semantics, so a
 non-finite value still reaches the training loop's check. Numba's exp is a scalar libm call
@@ -23,11 +24,15 @@ from numba.extending import intrinsic, overload
 from engine.kernels import blas, reference
 from engine.kernels.reference import GELU_CUBIC, GELU_SCALE
 
-# Numba's OpenMP layer spins after each loop (libgomp's default); its own `workqueue` layer
-# waits on a condition variable. It must be chosen before the first parallel kernel runs; a
-# user's NUMBA_THREADING_LAYER still wins.
+# The pool: Numba's OpenMP layer, its threads spinning 1000 rounds (GNU OpenMP's GOMP_SPINCOUNT,
+# read when libgomp loads, at the first parallel loop) before they sleep. A step runs ~100
+# short loops: woken from sleep, each start cost ~100 us here (Numba's `workqueue` layer,
+# OMP_WAIT_POLICY=PASSIVE), 1.5 us while the threads still spin; libgomp's default spin,
+# 300,000 rounds, kept the cores from a second job. A user's settings still win, and where
+# OpenMP cannot load Numba falls back to `workqueue` (TBB, whose threads spin, comes last).
+os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
+    numba.config.THREADING_LAYER_PRIORITY = ["omp", "workqueue", "tbb"]
 
 FAST = {"reassoc", "contract", "arcp", "nsz"}
 
@@ -237,16 +242,17 @@ def attention_backward(dout, q, k, v, out, lse):
 @numba.njit(parallel=True, cache=True, fastmath=FAST)
 def layernorm_rows(x, w, b, eps, y, mean, rstd):
     N, d = x.shape
+    zero, inverse_d = x.dtype.type(0.0), x.dtype.type(1.0 / d)
     for n in prange(N):
-        total = 0.0
+        total = zero
         for i in range(d):
             total += x[n, i]
-        m = total / d
-        squares = 0.0
+        m = total * inverse_d
+        squares = zero
         for i in range(d):
             c = x[n, i] - m
             squares += c * c
-        r = 1.0 / math.sqrt(squares / d + eps)
+        r = x.dtype.type(1.0 / math.sqrt(squares * inverse_d + eps))
         for i in range(d):
             y[n, i] = (x[n, i] - m) * r * w[i] + b[i]
         mean[n] = m
@@ -267,12 +273,13 @@ def layernorm_backward_rows(dy, x, mean, rstd, w, dx, dw_parts, db_parts):
     """dx per row; each thread sums dw and db over its rows into its own float64 row."""
     N, d = x.shape
     parts = dw_parts.shape[0]
+    zero, inverse_d = x.dtype.type(0.0), x.dtype.type(1.0 / d)
     for part in prange(parts):
         n0, n1 = row_span(N, part, parts)
         dw, db = dw_parts[part], db_parts[part]
         for n in range(n0, n1):
-            g_mean = 0.0
-            gx_mean = 0.0
+            g_mean = zero
+            gx_mean = zero
             for i in range(d):
                 xhat = (x[n, i] - mean[n]) * rstd[n]
                 g = dy[n, i] * w[i]
@@ -280,8 +287,8 @@ def layernorm_backward_rows(dy, x, mean, rstd, w, dx, dw_parts, db_parts):
                 gx_mean += g * xhat
                 dw[i] += dy[n, i] * xhat
                 db[i] += dy[n, i]
-            g_mean /= d
-            gx_mean /= d
+            g_mean *= inverse_d
+            gx_mean *= inverse_d
             for i in range(d):
                 xhat = (x[n, i] - mean[n]) * rstd[n]
                 dx[n, i] = rstd[n] * (dy[n, i] * w[i] - g_mean - xhat * gx_mean)
