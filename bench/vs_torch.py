@@ -54,6 +54,9 @@ import time
 
 import numpy as np
 
+# Taken before nano2 is imported, which sets GOMP_SPINCOUNT for its own pool: each worker runs
+# in the environment the user gave this command, so PyTorch's OpenMP keeps its defaults.
+USER_ENVIRONMENT = dict(os.environ)
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 MIB = 2 ** 20
@@ -200,7 +203,8 @@ class Worker:
     def __init__(self, side, threads):
         self.side = side
         self.process = subprocess.Popen([sys.executable, __file__, "--worker", side, "--threads", str(threads)],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                        env=USER_ENVIRONMENT)
 
     def send(self, command, argument="-"):
         self.process.stdin.write(f"{command} {argument}\n")

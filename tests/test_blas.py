@@ -82,3 +82,6 @@ def test_matmul_shares_rows_and_takes_any_strides(dtype):
         cpu.matmul_rows(a, np.ascontiguousarray(b), bias, out, parts)
         np.testing.assert_allclose(out, a @ b + bias, rtol=TOLERANCE[dtype] * 10, atol=TOLERANCE[dtype] * 10)
     np.testing.assert_allclose(cpu.matmul(a, b), a @ b, rtol=TOLERANCE[dtype] * 10, atol=TOLERANCE[dtype] * 10)
+    mixed = cpu.matmul(a.astype(np.float32), b.astype(np.float64))  # converted, never read as the other type
+    assert mixed.dtype == np.float64
+    np.testing.assert_allclose(mixed, a.astype(np.float32) @ b.astype(np.float64), rtol=1e-12)

@@ -1,6 +1,7 @@
 """The Numba/BLAS kernels (engine/kernels/cpu.py) against the NumPy spec (reference.py):
 float32 within 1e-5 relative, float64 within 1e-12, on ragged shapes (T not a multiple of
 the query block, odd widths, one-row inputs)."""
+import numba
 import numpy as np
 import pytest
 from helpers import KERNEL_TOLERANCE, assert_kernel_close
@@ -100,3 +101,21 @@ def test_nan_still_reaches_the_output():
 def test_sum_of_squares(dtype, size):
     x = random(np.random.default_rng(size), (size,), dtype)
     assert_kernel_close(cpu.sum_of_squares(x), reference.sum_of_squares(x), dtype)
+
+
+@numba.njit(fastmath=cpu.FAST)
+def exp_in_a_kernel(x, y):
+    for i in range(x.size):
+        y[i] = cpu.fast_exp(x[i])
+
+
+def test_fast_exp_in_float32():
+    """Within 2e-7 of exp over the whole float32 range, compiled as the kernels compile it (a
+    reassociation that merged the two-part ln 2 would show here); 0 below it, inf above, NaN kept."""
+    x = np.concatenate([np.linspace(-87.3, 88.7, 1_000_001), [-np.inf, -100.0, 100.0, np.inf, np.nan]])
+    x = x.astype(np.float32)
+    y = np.empty_like(x)
+    exp_in_a_kernel(x, y)
+    exact = np.exp(x[:-5].astype(np.float64))
+    assert np.abs(y[:-5] / exact - 1).max() < 2e-7
+    assert list(y[-5:-1]) == [0.0, 0.0, np.inf, np.inf] and np.isnan(y[-1])

@@ -40,15 +40,22 @@ FAST = {"reassoc", "contract", "arcp", "nsz"}
 # ---- exp: Cody-Waite reduction and a degree-6 polynomial, for float32 ------------------------
 #
 # exp(x) = 2ⁿ · exp(r) with n = round(x / ln 2) and r = x - n ln 2 (ln 2 in two parts, so r is
-# exact), |r| <= ln 2 / 2; exp(r) by Cephes' expf polynomial (relative error ~1e-7); 2ⁿ by
-# writing n + 127 into a float32's exponent bits. x is clamped to where 2ⁿ stays a normal
-# float; a NaN passes through.
+# exact), |r| <= ln 2 / 2; exp(r) by Cephes' expf polynomial (relative error ~1e-7); times 2ⁿ
+# by adding n to its exponent bits (in integers, which no fast-math reordering can overflow). Below -87.33 (a subnormal result) it gives 0,
+# above 88.72 inf, and a NaN passes through.
 
 @intrinsic
 def float32_from_bits(typingctx, bits):
     def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], ir.FloatType())
     return types.float32(types.int32), codegen
+
+
+@intrinsic
+def bits_of_float32(typingctx, value):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+    return types.int32(types.float32), codegen
 
 
 def fast_exp(x):
@@ -62,7 +69,7 @@ def fast_exp_for(x):
 
     def exp_float32(x):
         c = x if x > np.float32(-87.33) else np.float32(-87.33)
-        c = c if c < np.float32(88.0) else np.float32(88.0)
+        c = c if c < np.float32(88.72) else np.float32(88.72)
         n = np.floor(c * np.float32(1.4426950408889634) + np.float32(0.5))
         r = c - n * np.float32(0.693359375) + n * np.float32(2.12194440e-4)
         p = np.float32(1.9875691500e-4)
@@ -72,7 +79,9 @@ def fast_exp_for(x):
         p = p * r + np.float32(1.6666665459e-1)
         p = p * r + np.float32(5.0000001201e-1)
         p = p * r * r + r + np.float32(1.0)
-        e = p * float32_from_bits((np.int32(n) + np.int32(127)) << np.int32(23))
+        e = float32_from_bits(bits_of_float32(p) + (np.int32(n) << np.int32(23)))
+        e = e if x > np.float32(-87.33) else np.float32(0.0)  # flushed to 0 where it would be subnormal
+        e = e if x < np.float32(88.72) else np.float32(np.inf)
         return e if x == x else x
     return exp_float32
 
@@ -111,23 +120,29 @@ def linear_backward_rows(dy, x, w, dx, dw, db_parts):
                 db_parts[part, j] += dy[r, j]
 
 
-def blas_view(x):
-    """x, or a contiguous copy where neither its rows nor its columns are contiguous."""
-    if x.strides[-1] == x.itemsize or x.strides[0] == x.itemsize:
+def blas_view(x, dtype):
+    """x as BLAS reads it (blas.layout): itself where its rows or its columns are contiguous
+    and do not overlap, else a contiguous copy in dtype."""
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"matrix products take float32 or float64 arrays, not {dtype}")
+    rows, cols = x.shape
+    row_stride, col_stride = (s // x.itemsize for s in x.strides)
+    if x.dtype == dtype and ((col_stride == 1 and row_stride >= cols) or (row_stride == 1 and col_stride >= rows)):
         return x
-    return np.ascontiguousarray(x)
+    return np.ascontiguousarray(x, dtype=dtype)
 
 
 def matmul(a, b, bias=None):
     """reference.matmul."""
-    out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
-    matmul_rows(blas_view(a), blas_view(b), bias, out, numba.get_num_threads())
+    dtype = np.result_type(a, b)
+    out = np.empty((a.shape[0], b.shape[1]), dtype=dtype)
+    matmul_rows(blas_view(a, dtype), blas_view(b, dtype), bias, out, numba.get_num_threads())
     return out
 
 
 def linear_backward(dy, x, w):
     """reference.linear_backward."""
-    dy, x, w = blas_view(dy), blas_view(x), blas_view(w)
+    dy, x, w = (blas_view(a, dy.dtype) for a in (dy, x, w))
     dx = np.empty((dy.shape[0], w.shape[0]), dtype=dy.dtype)
     dw = np.empty(w.shape, dtype=dy.dtype)
     db_parts = np.zeros((numba.get_num_threads(), dy.shape[1]))
