@@ -40,9 +40,9 @@ FAST = {"reassoc", "contract", "arcp", "nsz"}
 # ---- exp: Cody-Waite reduction and a degree-6 polynomial, for float32 ------------------------
 #
 # exp(x) = 2ⁿ · exp(r) with n = round(x / ln 2) and r = x - n ln 2 (ln 2 in two parts, so r is
-# exact), |r| <= ln 2 / 2; exp(r) by Cephes' expf polynomial (relative error ~1e-7); times 2ⁿ
-# by adding n to its exponent bits (in integers, which no fast-math reordering can overflow). Below -87.33 (a subnormal result) it gives 0,
-# above 88.72 inf, and a NaN passes through.
+# exact), |r| <= ln 2 / 2; exp(r) by Cephes' expf polynomial (relative error ~1e-7), times 2ⁿ
+# by adding n to its exponent bits (in integers, which no fast-math reordering can overflow).
+# Below -87.33 (a subnormal result) it gives 0, above 88.72 inf, and a NaN passes through.
 
 @intrinsic
 def float32_from_bits(typingctx, bits):
