@@ -389,7 +389,7 @@ def main():
           "peak memory": memory["nano2"] / memory["torch"],
           "oversubscribed fwbw": median["nano2", "crowded"] / median["torch", "crowded"]}, chart,
          f"nano2 / {sides['torch']}, CPU, {config_name}, B {args.batch_size} x T {args.seq_len}, "
-         f"{args.threads} threads")
+         f"{args.threads} threads\nnano2 on {blas_description()}")
     print(f"chart: {chart}")
 
 
