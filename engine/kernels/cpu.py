@@ -293,20 +293,20 @@ def layernorm_backward_rows(dy, x, mean, rstd, w, dx, dw_parts, db_parts):
         n0, n1 = row_span(N, part, parts)
         dw, db = dw_parts[part], db_parts[part]
         for n in range(n0, n1):
+            m, r = mean[n], rstd[n]
             g_mean = zero
             gx_mean = zero
             for i in range(d):
-                xhat = (x[n, i] - mean[n]) * rstd[n]
                 g = dy[n, i] * w[i]
                 g_mean += g
-                gx_mean += g * xhat
-                dw[i] += dy[n, i] * xhat
-                db[i] += dy[n, i]
+                gx_mean += g * (x[n, i] - m) * r
             g_mean *= inverse_d
             gx_mean *= inverse_d
             for i in range(d):
-                xhat = (x[n, i] - mean[n]) * rstd[n]
-                dx[n, i] = rstd[n] * (dy[n, i] * w[i] - g_mean - xhat * gx_mean)
+                xhat = (x[n, i] - m) * r
+                dx[n, i] = r * (dy[n, i] * w[i] - g_mean - xhat * gx_mean)
+                dw[i] += dy[n, i] * xhat
+                db[i] += dy[n, i]
 
 
 def layernorm_backward(dy, x, mean, rstd, w):
