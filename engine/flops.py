@@ -38,7 +38,7 @@ def measure_matmul_flops(xp=np, dtype=np.float32, n=1024, seconds=0.3):
     b = xp.ones((n, n), dtype=dtype)
 
     def product():  # the model's own product: on the CPU, OpenBLAS called on each thread's rows
-        kernels.matmul(a, b)
+        kernels.of(a).matmul(a, b)
         synchronize(xp)
 
     return 2 * n ** 3 / best_seconds(product, seconds)

@@ -27,8 +27,8 @@ class AdamW:
 
     def step(self, lr):
         self.step_count += 1
-        kernels.adamw_step(self.store.data, self.store.grad, self.m, self.v, self.decay, lr,
-                           self.beta1, self.beta2, self.eps, self.weight_decay, self.step_count)
+        kernels.of(self.m).adamw_step(self.store.data, self.store.grad, self.m, self.v, self.decay, lr, self.beta1,
+                                      self.beta2, self.eps, self.weight_decay, self.step_count)
 
     def state_tensors(self):
         """The moments as safetensors entries, under adam_m.<name> / adam_v.<name>."""
@@ -53,7 +53,7 @@ class AdamW:
 
 def grad_norm(store):
     """The global L2 norm of every gradient, accumulated in float64."""
-    return math.sqrt(kernels.sum_of_squares(store.grad))
+    return math.sqrt(kernels.of(store.grad).sum_of_squares(store.grad))
 
 
 def clip_grad_norm(store, max_norm):

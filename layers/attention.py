@@ -26,7 +26,7 @@ def merge_heads(x):
 def causal_attention_forward(qkv, n_head):
     d = qkv.shape[-1] // 3
     q, k, v = (split_heads(qkv[..., i * d:(i + 1) * d], n_head) for i in range(3))
-    out, lse = kernels.attention_forward(q, k, v)
+    out, lse = kernels.of(q).attention_forward(q, k, v)
     return merge_heads(out), (q, k, v, out, lse)
 
 
@@ -34,7 +34,7 @@ def causal_attention_backward(dy, cache):
     q, k, v, out, lse = cache
     xp = array_module(dy)
     dout = split_heads(dy, q.shape[1])
-    dq, dk, dv = kernels.attention_backward(dout, q, k, v, out, lse)
+    dq, dk, dv = kernels.of(dout).attention_backward(dout, q, k, v, out, lse)
     return xp.concatenate([merge_heads(dq), merge_heads(dk), merge_heads(dv)], axis=-1)
 
 

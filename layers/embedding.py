@@ -16,19 +16,20 @@ def embedding_forward(idx, w, scale):
 
 def embedding_backward(dy, cache):
     idx, shape, scale = cache
-    return kernels.embedding_backward(dy, idx, shape[0], scale)
+    return kernels.of(dy).embedding_backward(dy, idx, shape[0], scale)
 
 
 def tied_head_forward(h, w):
     rows = h.reshape(-1, h.shape[-1])
-    return kernels.matmul(rows, w.T).reshape(*h.shape[:-1], w.shape[0]), (rows, w)
+    return kernels.of(h).matmul(rows, w.T).reshape(*h.shape[:-1], w.shape[0]), (rows, w)
 
 
 def tied_head_backward(dlogits, cache):
     rows, w = cache
     dlogits_rows = dlogits.reshape(-1, w.shape[0])
-    dh = kernels.matmul(dlogits_rows, w)
-    dw = kernels.matmul(dlogits_rows.T, rows)
+    ops = kernels.of(dlogits)
+    dh = ops.matmul(dlogits_rows, w)
+    dw = ops.matmul(dlogits_rows.T, rows)
     return dh.reshape(*dlogits.shape[:-1], w.shape[1]), dw
 
 

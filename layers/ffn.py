@@ -2,18 +2,19 @@
 
 GELU (tanh approximation, GPT-2's): y = ½ x (1 + tanh u),  u = √(2/π) (x + 0.044715 x³).
 Derivation: dy/dx = ½ (1 + tanh u) + ½ x (1 - tanh² u) · √(2/π) (1 + 3 · 0.044715 x²);
-the two linears are layers/linear.py's. The elementwise kernels are in engine/kernels.
+the two linears are layers/linear.py's. The kernels' spec: reference.gelu_forward and
+gelu_backward.
 """
 from engine import kernels
 from layers.linear import Linear
 
 
 def gelu_forward(x):
-    return kernels.gelu_forward(x), x
+    return kernels.of(x).gelu_forward(x), x
 
 
 def gelu_backward(dy, x):
-    return kernels.gelu_backward(dy, x)
+    return kernels.of(dy).gelu_backward(dy, x)
 
 
 class GELU:

@@ -10,13 +10,13 @@ from engine import kernels
 
 def linear_forward(x, w, b):
     rows = x.reshape(-1, x.shape[-1])
-    y = kernels.matmul(rows, w, b)
+    y = kernels.of(x).matmul(rows, w, b)
     return y.reshape(*x.shape[:-1], w.shape[1]), (rows, w)
 
 
 def linear_backward(dy, cache):
     rows, w = cache
-    dx, dw, db = kernels.linear_backward(dy.reshape(-1, w.shape[1]), rows, w)
+    dx, dw, db = kernels.of(dy).linear_backward(dy.reshape(-1, w.shape[1]), rows, w)
     return dx.reshape(*dy.shape[:-1], w.shape[0]), dw, db
 
 
