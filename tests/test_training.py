@@ -87,6 +87,18 @@ def test_run_folder_holds_metrics_plot_and_the_kept_checkpoints(small_args, tmp_
     assert read_safetensors(run_dir / "best.safetensors")[1]["step"] == best["step"]
 
 
+def test_a_log_gets_one_plain_line_per_log_interval(small_args, capsys):
+    """With no terminal (pytest's captured stderr, like a log file) no progress bar draws its
+    carriage-return frames; a line every log_interval steps says how the run goes."""
+    capsys.readouterr()
+    assert run_train(small_args + ["--max_steps=6", "--eval_interval=3", "--log_interval=2"]) == 0
+    out, err = capsys.readouterr()
+    step_lines = [line for line in out.splitlines() if line.startswith("step ") and " | loss " in line]
+    assert [line.split()[1] for line in step_lines] == ["2/6", "4/6", "6/6"], out
+    assert all(word in step_lines[0] for word in (" | lr ", " | grad norm ", " tok/s | ", " | MFU ", " ms")), step_lines[0]
+    assert "\r" not in out + err
+
+
 def stop_after(monkeypatch, stop_step):
     """Make the run receive Ctrl-C (SIGINT) while it computes step `stop_step`."""
     real = trainer.learning_rate

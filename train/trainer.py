@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import dataclass
 
 from tqdm import tqdm
 
@@ -145,9 +146,38 @@ def load_for_resume(resume, model, optimizer, cfg, world):
     return metadata
 
 
-def train(cfg, resume=None):
-    """Train per cfg; returns the process exit status. Every rank runs this; rank 0 alone
-    prepares data and writes the run folder."""
+@dataclass
+class Run:
+    """One training run: what start_or_resume sets up, and the two things evaluate_and_save
+    changes as it goes (the best validation loss and the last checkpoint written)."""
+    cfg: object
+    world: object
+    data: TokenData
+    model: object
+    optimizer: AdamW
+    sync: GradientAllreduce
+    micro_steps: int
+    start: int = 0
+    best_val_loss: float = math.inf
+    last_good: str = None
+    wandb_run: object = None
+
+    @property
+    def tokens_per_step(self):
+        return self.micro_steps * self.cfg.batch_size * self.cfg.seq_len * self.world.world_size
+
+    @property
+    def metrics_path(self):
+        return os.path.join(self.cfg.out_dir, "metrics.jsonl")
+
+    @property
+    def val_bits_per_token(self):
+        return len(self.data.tokens["val"]) / self.data.val_bytes / math.log(2)
+
+
+def start_or_resume(cfg, resume):
+    """Every rank's model, optimizer and data for cfg, from random weights in a new run folder
+    or from a checkpoint (rank 0 alone prepares data and writes the folder)."""
     world = comm.world()
     set_threads(cfg.threads or threads_per_rank(world.local_size))
     prepare_on_root(cfg)
@@ -157,113 +187,128 @@ def train(cfg, resume=None):
     model = build_model(cfg)
     world.broadcast_array(model.store.data)
     optimizer = AdamW(model.store, cfg.beta1, cfg.beta2, cfg.adam_eps, cfg.weight_decay)
-    sync = GradientAllreduce(world, model.store, cfg.comm)
-    xp = model.xp
-    metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
-    plot_path = os.path.join(cfg.out_dir, "loss.png")
-
-    start, best_val_loss, last_good = 0, math.inf, None
+    run = Run(cfg, world, data, model, optimizer, GradientAllreduce(world, model.store, cfg.comm), micro_steps)
     if resume:
         metadata = load_for_resume(resume, model, optimizer, cfg, world)
-        start, best_val_loss, last_good = metadata["step"], metadata["best_val_loss"], metadata["path"]
-        if world.is_root and os.path.exists(metrics_path):  # forget what was logged after the checkpoint
-            rows = [r for r in read_metrics(metrics_path) if r["step"] <= start]
-            with open(metrics_path + ".tmp", "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in rows)
-            os.replace(metrics_path + ".tmp", metrics_path)
+        run.start, run.best_val_loss, run.last_good = metadata["step"], metadata["best_val_loss"], metadata["path"]
         if world.is_root:
-            print(f"resuming from {last_good} at step {start}")
+            forget_metrics_after(run.metrics_path, run.start)
+            print(f"resuming from {run.last_good} at step {run.start}")
     elif world.is_root:
         if step_checkpoints(cfg.out_dir):
             raise UserError(f"{cfg.out_dir} already holds a run's checkpoints; pass --resume to continue it "
                             f"or choose another --out_dir")
         make_folder(cfg.out_dir, "out_dir")
-        if os.path.exists(metrics_path):
-            os.remove(metrics_path)
+        if os.path.exists(run.metrics_path):
+            os.remove(run.metrics_path)
+    run.wandb_run = start_wandb(cfg) if world.is_root else None
+    return run
 
-    tokens_per_step = micro_steps * cfg.batch_size * cfg.seq_len * world.world_size
+
+def forget_metrics_after(path, step):
+    """Drop what metrics.jsonl logged after `step` (the checkpoint a run resumes from)."""
+    if os.path.exists(path):
+        rows = [r for r in read_metrics(path) if r["step"] <= step]
+        with open(path + ".tmp", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+        os.replace(path + ".tmp", path)
+
+
+def evaluate_and_save(run, step):
+    """The validation loss at `step`; after step 0 also a checkpoint (the best one marked),
+    metrics.jsonl and loss.png, which rank 0 writes."""
+    cfg = run.cfg
+    val_loss = evaluate(run.model, run.data, cfg, run.world)
+    if step > 0:
+        run.best_val_loss = min(run.best_val_loss, val_loss)
+        run.last_good = checkpoint_path(cfg.out_dir, step)
+    if run.world.is_root:
+        append_metrics(run.metrics_path, {"step": step, "val_loss": val_loss,
+                                          "val_bpb": val_loss * run.val_bits_per_token}, run.wandb_run)
+        plot_losses(run.metrics_path, os.path.join(cfg.out_dir, "loss.png"),
+                    f"nano2 {cfg.n_layer}x{cfg.d_model} on {cfg.data}")
+        if step > 0:
+            state = {"step": step, "val_loss": val_loss, "best_val_loss": run.best_val_loss}
+            save_checkpoint(run.last_good, run.model, run.optimizer, cfg, state)
+            keep_last(cfg.out_dir, cfg.keep_checkpoints)
+            if val_loss == run.best_val_loss:
+                mark_best(run.last_good, cfg.out_dir)
+    return val_loss
+
+
+def run_steps(run, stop, bar, log_lines):
+    """The steps from run.start to max_steps. Returns (exit status, closing message): 0 when
+    done, 1 at a non-finite loss or gradient, 130 when Ctrl-C stopped it after a step."""
+    cfg, world, model, sync = run.cfg, run.world, run.model, run.sync
+    xp = model.xp
     flops_per_token = training_flops_per_token(model.store.numel, cfg.n_layer, cfg.d_model, cfg.seq_len)
     peak_flops = measure_matmul_flops(xp, model.store.dtype) * world.world_size
-    val_bits_per_token = len(data.tokens["val"]) / data.val_bytes / math.log(2)
-    wandb_run = start_wandb(cfg) if world.is_root else None
-    if world.is_root:
-        print(f"nano2: {model.store.numel:,} parameters, {tokens_per_step:,} tokens per step "
-              f"({micro_steps} x {world.world_size} x {cfg.batch_size} x {cfg.seq_len}), {cfg.max_steps} steps, "
-              f"run folder {cfg.out_dir}")
-
-    def evaluate_and_save(step):
-        nonlocal best_val_loss, last_good
-        val_loss = evaluate(model, data, cfg, world)
-        if step > 0:
-            best_val_loss = min(best_val_loss, val_loss)
-            last_good = checkpoint_path(cfg.out_dir, step)
-        if not world.is_root:
-            return val_loss
-        append_metrics(metrics_path, {"step": step, "val_loss": val_loss,
-                                      "val_bpb": val_loss * val_bits_per_token}, wandb_run)
-        plot_losses(metrics_path, plot_path, f"nano2 {cfg.n_layer}x{cfg.d_model} on {cfg.data}")
-        if step > 0:
-            state = {"step": step, "val_loss": val_loss, "best_val_loss": best_val_loss}
-            save_checkpoint(last_good, model, optimizer, cfg, state)
-            keep_last(cfg.out_dir, cfg.keep_checkpoints)
-            if val_loss == best_val_loss:
-                mark_best(last_good, cfg.out_dir)
-        return val_loss
-
-    if start == 0:
-        evaluate_and_save(0)
-    stop = StopRequest()
-    bar = tqdm(total=cfg.max_steps, initial=start, unit="step", dynamic_ncols=True, disable=not world.is_root)
-    try:
-        for step in range(start, cfg.max_steps):
-            started = time.perf_counter()
-            sync.comm_seconds = 0.0
-            batches = [tuple(xp.asarray(a) for a in data.batch("train", cfg.seed, step, cfg.batch_size, cfg.seq_len,
-                                                                  m, micro_steps, world.rank, world.world_size))
-                       for m in range(micro_steps)]
-            lr = learning_rate(step, cfg)
-            try:
-                loss, norm = train_step(model, optimizer, batches, lr, cfg.grad_clip, sync)
-            except NonFiniteError as e:
-                bar.close()
-                if world.is_root:
-                    print(f"nano2_train: step {step + 1}: non-finite {e}; stopped, the last good checkpoint is "
-                          f"{last_good or '(none yet)'}", file=sys.stderr)
-                return 1
-            # One small allreduce: the loss averaged over ranks, and whether any rank saw Ctrl-C,
-            # so that every rank stops after the same step.
-            loss_sum, stops = world.sum_floats([loss, float(stop.requested)])
-            loss = loss_sum / world.world_size
-            elapsed = time.perf_counter() - started
-            tokens_per_s = tokens_per_step / elapsed
-            mfu = flops_per_token * tokens_per_s / peak_flops
-            done = step + 1
-            bar.update(1)
-            bar.set_postfix_str(f"loss {loss:.4f} | {tokens_per_s:,.0f} tok/s | MFU {mfu:.1%}")
-            if done % cfg.log_interval == 0 and world.is_root:
-                append_metrics(metrics_path, {"step": done, "loss": loss, "lr": lr, "grad_norm": norm,
+    for step in range(run.start, cfg.max_steps):
+        started = time.perf_counter()
+        sync.comm_seconds = 0.0
+        batches = [tuple(xp.asarray(a) for a in run.data.batch("train", cfg.seed, step, cfg.batch_size, cfg.seq_len,
+                                                                  m, run.micro_steps, world.rank, world.world_size))
+                   for m in range(run.micro_steps)]
+        lr = learning_rate(step, cfg)
+        try:
+            loss, norm = train_step(model, run.optimizer, batches, lr, cfg.grad_clip, sync)
+        except NonFiniteError as e:
+            return 1, (f"nano2_train: step {step + 1}: non-finite {e}; stopped, the last good checkpoint is "
+                       f"{run.last_good or '(none yet)'}")
+        # One small allreduce: the loss averaged over ranks, and whether any rank saw Ctrl-C,
+        # so that every rank stops after the same step.
+        loss_sum, stops = world.sum_floats([loss, float(stop.requested)])
+        loss = loss_sum / world.world_size
+        elapsed = time.perf_counter() - started
+        tokens_per_s = run.tokens_per_step / elapsed
+        mfu = flops_per_token * tokens_per_s / peak_flops
+        done = step + 1
+        bar.update(1)
+        bar.set_postfix_str(f"loss {loss:.4f} | {tokens_per_s:,.0f} tok/s | MFU {mfu:.1%}")
+        if done % cfg.log_interval == 0 and world.is_root:
+            append_metrics(run.metrics_path, {"step": done, "loss": loss, "lr": lr, "grad_norm": norm,
                                               "tokens_per_s": tokens_per_s, "mfu": mfu,
-                                              "comm_share": sync.comm_seconds / elapsed}, wandb_run)
-            if done % cfg.eval_interval == 0 or done == cfg.max_steps:
-                val_loss = evaluate_and_save(done)
-                if world.is_root:
-                    bar.write(f"step {done}: val loss {val_loss:.4f}, {val_loss * val_bits_per_token:.3f} bits/byte")
-            if stops:
-                if done % cfg.eval_interval and done != cfg.max_steps:
-                    evaluate_and_save(done)
-                bar.close()
-                if world.is_root:
-                    print(f"nano2_train: interrupted; saved {last_good}; continue with --resume", file=sys.stderr)
-                return 130
+                                              "comm_share": sync.comm_seconds / elapsed}, run.wandb_run)
+            if log_lines:
+                print(f"step {done}/{cfg.max_steps} | loss {loss:.4f} | lr {lr:.2e} | grad norm {norm:.4f} | "
+                      f"{tokens_per_s:,.0f} tok/s | MFU {mfu:.1%} | {elapsed * 1e3:.1f} ms", flush=True)
+        if done % cfg.eval_interval == 0 or done == cfg.max_steps:
+            val_loss = evaluate_and_save(run, done)
+            if world.is_root:
+                bar.write(f"step {done}: val loss {val_loss:.4f}, {val_loss * run.val_bits_per_token:.3f} bits/byte")
+        if stops:
+            if done % cfg.eval_interval and done != cfg.max_steps:
+                evaluate_and_save(run, done)
+            return 130, f"nano2_train: interrupted; saved {run.last_good}; continue with --resume"
+    return 0, (f"done: best val loss {run.best_val_loss:.4f} ({run.best_val_loss * run.val_bits_per_token:.3f} "
+               f"bits/byte); checkpoints, metrics.jsonl and loss.png in {cfg.out_dir}")
+
+
+def train(cfg, resume=None):
+    """Train per cfg; returns the process exit status. Every rank runs this. On a terminal
+    rank 0 draws a progress bar; elsewhere (a log file, a batch job) it prints one plain line
+    every log_interval steps, as nanoGPT and llm.c do."""
+    run = start_or_resume(cfg, resume)
+    world = run.world
+    if world.is_root:
+        print(f"nano2: {run.model.store.numel:,} parameters, {run.tokens_per_step:,} tokens per step "
+              f"({run.micro_steps} x {world.world_size} x {cfg.batch_size} x {cfg.seq_len}), {cfg.max_steps} steps, "
+              f"run folder {cfg.out_dir}")
+    if run.start == 0:
+        evaluate_and_save(run, 0)
+    on_terminal = world.is_root and sys.stderr.isatty()
+    stop = StopRequest()
+    bar = tqdm(total=cfg.max_steps, initial=run.start, unit="step", dynamic_ncols=True, disable=not on_terminal)
+    try:
+        status, message = run_steps(run, stop, bar, log_lines=world.is_root and not on_terminal)
     finally:
         stop.restore()
         bar.close()
-        if wandb_run is not None:
-            wandb_run.finish()
+        if run.wandb_run is not None:
+            run.wandb_run.finish()
     if world.is_root:
-        print(f"done: best val loss {best_val_loss:.4f} ({best_val_loss * val_bits_per_token:.3f} bits/byte); "
-              f"checkpoints, metrics.jsonl and loss.png in {cfg.out_dir}")
-    return 0
+        print(message, file=sys.stderr if status else sys.stdout)
+    return status
 
 
 def main(argv=None):
