@@ -29,8 +29,8 @@ def worker(config, steps, warmup, overrides):
     from engine.comm import GradientAllreduce
     from engine.optim import AdamW
     from engine.threads import set_threads
-    from train.config import build_model
     from train.gradcheck import random_batch
+    from train.model_setup import build_model
     from train.timing import time_steps
     from train.trainer import train_step
 

@@ -227,8 +227,8 @@ class Worker:
 
 def write_model_file(path, cfg, batch_size, seq_len):
     """nano2's initial parameters for cfg, a batch of random tokens, and the sizes, for both sides."""
-    from train.config import build_model
     from train.gradcheck import random_batch
+    from train.model_setup import build_model
     model = build_model(cfg)
     idx, targets = random_batch(np.random.default_rng(cfg.seed), batch_size, seq_len, cfg.vocab_size)
     spec = {key: getattr(cfg, key) for key in ("vocab_size", "d_model", "n_layer", "n_head", "d_ff", "seq_len")}

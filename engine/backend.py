@@ -13,10 +13,10 @@ DTYPES = {"float32": np.float32, "float64": np.float64}
 DEFAULT_DTYPE = "float32"
 
 
-def get_array_module(device, tf32=False):
+def get_array_module(device, tf32=False, local_rank=0):
     """The array module (numpy or cupy) that holds a model's arrays on `device`. On the GPU,
-    each rank takes the device of its local rank (local_rank % device count), so one rank per
-    GPU needs no CUDA_VISIBLE_DEVICES; tf32 lets cuBLAS use TF32 for float32 products."""
+    a rank takes the device of its local rank on this machine (local_rank % device count), so
+    one rank per GPU needs no CUDA_VISIBLE_DEVICES; tf32 lets cuBLAS use TF32 for float32 products."""
     if device == "cpu":
         return np
     if device != "gpu":
@@ -24,8 +24,7 @@ def get_array_module(device, tf32=False):
     if tf32:
         os.environ["CUPY_TF32"] = "1"  # read when CuPy makes its cuBLAS handle
     cupy = import_cupy("use --device=cpu")
-    from engine.comm import world
-    cupy.cuda.Device(world().local_rank % cupy.cuda.runtime.getDeviceCount()).use()
+    cupy.cuda.Device(local_rank % cupy.cuda.runtime.getDeviceCount()).use()
     return cupy
 
 

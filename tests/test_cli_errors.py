@@ -7,7 +7,8 @@ import pytest
 
 from train import debug, gradcheck
 from train.cli import run_main
-from train.config import build_model, load_config
+from train.config import load_config
+from train.model_setup import build_model
 
 
 def run(main, argv, capsys):

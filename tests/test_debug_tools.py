@@ -164,7 +164,8 @@ def test_dump_under_mpi_writes_one_file_per_rank(tmp_path, capsys):
 
 def test_tracer_restores_an_instance_attribute_it_wrapped():
     """restore() puts back what the object had: its own attribute where it had one, not the class's method."""
-    from train.config import build_model, load_config
+    from train.config import load_config
+    from train.model_setup import build_model
     from train.tracing import Tracer
     model = build_model(load_config("configs/tiny.json", ["--n_layer=1"]))
     own = model.ln_f.forward

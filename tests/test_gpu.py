@@ -12,9 +12,9 @@ pytestmark = pytest.mark.skipif(not cp.cuda.is_available(), reason="no CUDA devi
 from engine.kernels import gpu, reference  # noqa: E402
 from helpers import KERNEL_TOLERANCE, kernel_error  # noqa: E402
 from train import timing  # noqa: E402
-from train.config import build_model, load_config  # noqa: E402
+from train.config import load_config  # noqa: E402
 from train.gradcheck import random_batch  # noqa: E402
-
+from train.model_setup import build_model  # noqa: E402
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

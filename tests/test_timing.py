@@ -11,7 +11,8 @@ from helpers import MPIEXEC, needs_mpiexec
 
 from train import timing
 from train.cli import run_main
-from train.config import build_model, load_config
+from train.config import load_config
+from train.model_setup import build_model
 
 SMALL = ["--n_layer=2", "--d_model=32", "--n_head=2", "--d_ff=64", "--seq_len=32", "--batch-size", "2",
          "--warmup", "1"]

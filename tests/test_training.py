@@ -15,8 +15,9 @@ from engine.optim import AdamW
 from engine.params import read_safetensors
 from train import trainer
 from train.cli import run_main
-from train.config import build_model, load_config
+from train.config import load_config
 from train.data import TokenData
+from train.model_setup import build_model
 from train.trainer import learning_rate, train_step
 
 

@@ -9,11 +9,9 @@ import math
 import os
 from dataclasses import dataclass
 
-from engine.backend import DEVICES, DTYPES, get_array_module, resolve_dtype
+from engine.backend import DEVICES, DTYPES
 from engine.comm import COMM_KINDS
 from engine.errors import UserError
-from engine.kernels.launch import ATTENTION_HEAD_SIZES
-from layers.model import Decoder, init_parameters
 from train.tokenizer import TOKENIZERS
 
 
@@ -167,16 +165,3 @@ def load_config(path=None, overrides=()):
     cfg = Config(**values)
     validate(cfg)
     return cfg
-
-
-def build_model(cfg, dtype=None):
-    """A Decoder of cfg's shape on cfg's device, its parameters initialised from cfg.seed."""
-    dtype_name = dtype or cfg.dtype
-    head_size = cfg.d_model // cfg.n_head
-    if cfg.device == "gpu" and head_size not in ATTENTION_HEAD_SIZES:
-        raise UserError(f"config: the GPU attention kernels take head sizes (d_model / n_head) "
-                        f"{', '.join(map(str, ATTENTION_HEAD_SIZES))}, not {head_size}")
-    model = Decoder(cfg.vocab_size, cfg.d_model, cfg.n_layer, cfg.n_head, cfg.d_ff, cfg.seq_len,
-                    dtype=resolve_dtype(dtype_name), xp=get_array_module(cfg.device, cfg.tf32))
-    init_parameters(model.store, cfg.n_layer, cfg.seed)
-    return model

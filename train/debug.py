@@ -25,9 +25,10 @@ from engine.backend import to_numpy
 from engine.errors import UserError
 from engine.params import read_safetensors, write_safetensors
 from train.cli import ArgumentParser, run_main
-from train.config import build_model, load_config
+from train.config import load_config
 from train.data import TokenData
 from train.gradcheck import EPS, TOLERANCE, central_differences, random_batch, relative_error, sample_entries
+from train.model_setup import build_model
 from train.tracing import Tracer, summary
 
 CHECK_TOLERANCE = TOLERANCE["float64"]

@@ -14,7 +14,7 @@ import numpy as np
 
 from engine.backend import to_numpy
 from train.cli import ArgumentParser, parse_with_config, run_main
-from train.config import build_model
+from train.model_setup import build_model
 
 # A float64 loss carries ~1e-16 relative rounding; eps=1e-4 balances that (~1e-11 in the
 # quotient) against the O(eps²) truncation error: on configs/tiny.json the worst tensor was at

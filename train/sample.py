@@ -13,7 +13,8 @@ from engine import comm
 from engine.backend import to_numpy
 from train.checkpoint import read_any_checkpoint
 from train.cli import ArgumentParser, run_main
-from train.config import build_model, config_from_dict
+from train.config import config_from_dict
+from train.model_setup import build_model
 from train.tokenizer import get_tokenizer
 
 

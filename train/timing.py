@@ -25,8 +25,8 @@ from engine.comm import GradientAllreduce
 from engine.flops import forward_flops_per_token, measure_matmul_flops, training_flops_per_token
 from engine.threads import set_threads, threads_per_rank
 from train.cli import ArgumentParser, parse_with_config, run_main
-from train.config import build_model
 from train.gradcheck import random_batch
+from train.model_setup import build_model
 from train.tracing import Patches
 
 # prog: (device, what it times)

@@ -25,8 +25,8 @@ from engine.threads import set_threads, threads_per_rank
 from train.checkpoint import (checkpoint_path, keep_last, latest_checkpoint, load_checkpoint, mark_best,
                               save_checkpoint, step_checkpoints)
 from train.cli import ArgumentParser, make_folder, parse_with_config, run_main
-from train.config import build_model
 from train.data import TokenData, data_dir_for
+from train.model_setup import build_model
 from train.plot import plot_losses, read_metrics
 from train.prepare import prepare_on_root
 

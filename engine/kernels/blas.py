@@ -15,7 +15,6 @@ import ctypes
 
 import llvmlite.binding as llvm
 import numba
-import numpy as np
 import threadpoolctl
 from numba import types
 from numba.extending import overload

@@ -1,0 +1,19 @@
+"""The model a config describes, on this rank's device: what every command builds first."""
+from engine.backend import get_array_module, resolve_dtype
+from engine.comm import world
+from engine.errors import UserError
+from engine.kernels.launch import ATTENTION_HEAD_SIZES
+from layers.model import Decoder, init_parameters
+
+
+def build_model(cfg, dtype=None):
+    """A Decoder of cfg's shape on cfg's device, its parameters initialised from cfg.seed."""
+    dtype_name = dtype or cfg.dtype
+    head_size = cfg.d_model // cfg.n_head
+    if cfg.device == "gpu" and head_size not in ATTENTION_HEAD_SIZES:
+        raise UserError(f"config: the GPU attention kernels take head sizes (d_model / n_head) "
+                        f"{', '.join(map(str, ATTENTION_HEAD_SIZES))}, not {head_size}")
+    model = Decoder(cfg.vocab_size, cfg.d_model, cfg.n_layer, cfg.n_head, cfg.d_ff, cfg.seq_len,
+                    dtype=resolve_dtype(dtype_name), xp=get_array_module(cfg.device, cfg.tf32, world().local_rank))
+    init_parameters(model.store, cfg.n_layer, cfg.seed)
+    return model
