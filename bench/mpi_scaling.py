@@ -29,7 +29,7 @@ def worker(config, steps, warmup, overrides):
     from engine.comm import GradientAllreduce
     from engine.optim import AdamW
     from engine.threads import set_threads
-    from train.gradcheck import random_batch
+    from train.data import random_batch
     from train.model_setup import build_model
     from train.timing import time_steps
     from train.trainer import train_step

@@ -227,7 +227,7 @@ class Worker:
 
 def write_model_file(path, cfg, batch_size, seq_len):
     """nano2's initial parameters for cfg, a batch of random tokens, and the sizes, for both sides."""
-    from train.gradcheck import random_batch
+    from train.data import random_batch
     from train.model_setup import build_model
     model = build_model(cfg)
     idx, targets = random_batch(np.random.default_rng(cfg.seed), batch_size, seq_len, cfg.vocab_size)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from engine.backend import to_numpy
-from train.gradcheck import central_differences, relative_error
+from train.finite_differences import central_differences, relative_error
 
 KERNEL_TOLERANCE = {np.float32: 1e-5, np.float64: 1e-12}  # relative, against the reference
 MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")  # the mpich wheel's launcher

@@ -13,7 +13,7 @@ from engine.kernels import gpu, reference  # noqa: E402
 from helpers import KERNEL_TOLERANCE, kernel_error  # noqa: E402
 from train import timing  # noqa: E402
 from train.config import load_config  # noqa: E402
-from train.gradcheck import random_batch  # noqa: E402
+from train.data import random_batch  # noqa: E402
 from train.model_setup import build_model  # noqa: E402
 
 

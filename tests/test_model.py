@@ -8,7 +8,7 @@ from helpers import assert_grad_close, relative_error
 
 from layers.model import Decoder, init_parameters
 from train import gradcheck
-from train.gradcheck import random_batch
+from train.data import random_batch
 
 SMALL = dict(vocab_size=11, d_model=8, n_layer=2, n_head=2, d_ff=12, seq_len=6)
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from layers.model import Decoder, init_parameters
-from train.gradcheck import random_batch
+from train.data import random_batch
 
 torch = pytest.importorskip("torch")
 from torch_reference import torch_loss  # noqa: E402

@@ -256,3 +256,9 @@ class TokenData:
         first = (micro_step * world + rank) * batch_size
         windows = tokens[starts[first:first + batch_size, None] + np.arange(seq_len + 1)].astype(np.int64)
         return windows[:, :-1], windows[:, 1:]
+
+
+def random_batch(rng, batch_size, seq_len, vocab_size):
+    """Inputs and next-token targets from one random (B, T+1) token array."""
+    tokens = rng.integers(0, vocab_size, size=(batch_size, seq_len + 1))
+    return tokens[:, :-1], tokens[:, 1:]

@@ -26,8 +26,8 @@ from engine.errors import UserError
 from engine.params import read_safetensors, write_safetensors
 from train.cli import ArgumentParser, run_main
 from train.config import load_config
-from train.data import TokenData
-from train.gradcheck import EPS, TOLERANCE, central_differences, random_batch, relative_error, sample_entries
+from train.data import TokenData, random_batch
+from train.finite_differences import EPS, TOLERANCE, central_differences, relative_error, sample_entries
 from train.model_setup import build_model
 from train.tracing import Tracer, summary
 

@@ -14,52 +14,9 @@ import numpy as np
 
 from engine.backend import to_numpy
 from train.cli import ArgumentParser, parse_with_config, run_main
+from train.data import random_batch
+from train.finite_differences import EPS, TOLERANCE, central_differences, relative_error, sample_entries
 from train.model_setup import build_model
-
-# A float64 loss carries ~1e-16 relative rounding; eps=1e-4 balances that (~1e-11 in the
-# quotient) against the O(eps²) truncation error: on configs/tiny.json the worst tensor was at
-# ~2e-8, against 2e-7 with eps=1e-5 and 7e-7 with 1e-3. A float32 backward's own rounding
-# (~1e-7 per operation; the worst tensor measured ~3e-7) sets its bound.
-TOLERANCE = {"float64": 1e-6, "float32": 1e-4}
-EPS = 1e-4
-
-
-def random_batch(rng, batch_size, seq_len, vocab_size):
-    """Inputs and next-token targets from one random (B, T+1) token array."""
-    tokens = rng.integers(0, vocab_size, size=(batch_size, seq_len + 1))
-    return tokens[:, :-1], tokens[:, 1:]
-
-
-def sample_entries(grad, n_samples, rng):
-    """Flat indices: half the largest |grad| entries, half drawn at random from the rest."""
-    flat = np.abs(grad.ravel())
-    if flat.size <= n_samples:
-        return np.arange(flat.size)
-    largest = np.argsort(-flat, kind="stable")[:(n_samples + 1) // 2]
-    rest = np.setdiff1d(np.arange(flat.size), largest)
-    return np.concatenate([largest, rng.choice(rest, n_samples - largest.size, replace=False)])
-
-
-def central_differences(loss, flat, entries, eps):
-    """(loss(x + eps) - loss(x - eps)) / 2 eps for each entry of `flat` (a view of the tensor that
-    loss() reads), perturbed one at a time and restored."""
-    numeric = np.empty(len(entries))
-    for n, j in enumerate(entries):
-        saved = flat[j].item()
-        flat[j] = saved + eps
-        plus = float(loss())
-        flat[j] = saved - eps
-        minus = float(loss())
-        flat[j] = saved
-        numeric[n] = (plus - minus) / (2 * eps)
-    return numeric
-
-
-def relative_error(analytic, numeric):
-    """||analytic - numeric|| / max(||analytic||, ||numeric||), 0 when both are 0."""
-    scale = max(np.linalg.norm(analytic), np.linalg.norm(numeric))
-    return 0.0 if scale == 0.0 else float(np.linalg.norm(analytic - numeric) / scale)
-
 
 def check_model(model, model64, idx, targets, n_samples, eps, rng):
     """[(name, shape, entries checked, ||analytic||, ||numeric||, relative error)] per tensor:

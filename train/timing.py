@@ -25,7 +25,7 @@ from engine.comm import GradientAllreduce
 from engine.flops import forward_flops_per_token, measure_matmul_flops, training_flops_per_token
 from engine.threads import set_threads, threads_per_rank
 from train.cli import ArgumentParser, parse_with_config, run_main
-from train.gradcheck import random_batch
+from train.data import random_batch
 from train.model_setup import build_model
 from train.tracing import Patches
 
