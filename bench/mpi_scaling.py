@@ -39,7 +39,7 @@ def worker(config, steps, warmup, overrides):
     set_threads(cfg.threads or 1)
     model = build_model(cfg)
     optimizer = AdamW(model.store, cfg.beta1, cfg.beta2, cfg.adam_eps, cfg.weight_decay)
-    sync = GradientAllreduce(world, model.store)
+    sync = GradientAllreduce(world, model.store, model.gradient_buckets())
     rng = np.random.default_rng(world.rank)
     batch = random_batch(rng, cfg.batch_size, cfg.seq_len, cfg.vocab_size)
     step_seconds, comm_seconds = time_steps(lambda: train_step(model, optimizer, [batch], 1e-4, 1.0, sync),

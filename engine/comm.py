@@ -131,15 +131,15 @@ def pinned_empty(shape, dtype):
 class GradientAllreduce:
     """Averages the flat gradient buffer over ranks, bucket by bucket.
 
-    `ready(name)` is called by the model's backward when every gradient under `name` (a block,
-    ln_f, tok_emb) is final; it starts a non-blocking allreduce of that contiguous slice.
+    `buckets` ({name: (start, stop)}, from the model) are contiguous slices of the buffer;
+    `ready(name)` is called by the model's backward when every gradient in bucket `name` is
+    final, and starts a non-blocking allreduce of that slice.
     `finish()` waits for all of them and divides by the number of ranks. `comm_seconds` adds
     up the time spent posting and waiting, the part of the step communication did not hide.
     """
 
-    def __init__(self, comm, store, kind="mpi"):
-        self.comm, self.store, self.kind = comm, store, kind
-        self.buckets = bucket_slices(store)
+    def __init__(self, comm, store, buckets, kind="mpi"):
+        self.comm, self.store, self.buckets, self.kind = comm, store, buckets, kind
         self.pending = []
         self.comm_seconds = 0.0
         self.xp = store.xp
@@ -183,18 +183,6 @@ class GradientAllreduce:
         self.store.grad *= self.store.grad.dtype.type(1.0 / self.comm.world_size)
         synchronize(self.xp)
         self.comm_seconds += time.perf_counter() - started
-
-
-def bucket_slices(store):
-    """{layer name: (start, stop)} of the flat buffer, one bucket per block, plus ln_f and
-    tok_emb: each a contiguous range, since the store lays parameters out in that order."""
-    buckets = {}
-    for name in store.shapes:
-        owner = ".".join(name.split(".")[:2]) if name.startswith("blocks.") else name.split(".")[0]
-        span = store.span(name)
-        first, _ = buckets.get(owner, (span.start, span.stop))
-        buckets[owner] = (first, span.stop)
-    return buckets
 
 
 def nccl_communicator(comm):

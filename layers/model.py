@@ -102,6 +102,15 @@ class Decoder:
             x = block.forward_cached(x, block_cache, start)
         return self.head.forward(self.ln_f.forward(x))
 
+    def gradient_buckets(self):
+        """{layer name: (start, stop)} of the flat gradient buffer for each name backward passes
+        to grads_ready (tok_emb, each block, ln_f): contiguous, as the store lays them out."""
+        buckets = {}
+        for layer in (self.embedding, *self.blocks, self.ln_f):
+            spans = [self.store.span(name) for name in self.store.shapes if name.startswith(layer.name + ".")]
+            buckets[layer.name] = (spans[0].start, spans[-1].stop)
+        return buckets
+
     def backward(self, dloss=1.0, grads_ready=None):
         """Add dloss · d loss / d parameter into the store's gradient buffer (call forward with
         targets first); dloss = 1/k averages the gradients of k accumulated micro-batches.

@@ -16,13 +16,13 @@ SCRIPT = textwrap.dedent("""
     import cupy, numpy as np
     from engine import comm
     from engine.comm import GradientAllreduce
-    from engine.params import ParameterStore
-    from layers.model import parameter_shapes
+    from layers.model import Decoder
     world = comm.world()
     cupy.cuda.Device(world.local_rank % cupy.cuda.runtime.getDeviceCount()).use()
-    store = ParameterStore(parameter_shapes(64, 16, 2, 32), np.float32, cupy)
+    model = Decoder(64, 16, 2, 2, 32, 8, np.float32, cupy)
+    store = model.store
     store.grad[...] = cupy.arange(store.numel, dtype=cupy.float32) * (world.rank + 1)
-    sync = GradientAllreduce(world, store, "{kind}")
+    sync = GradientAllreduce(world, store, model.gradient_buckets(), "{kind}")
     for name in ("ln_f", "blocks.1", "blocks.0", "tok_emb"):
         sync.ready(name)
     sync.finish()

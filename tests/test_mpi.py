@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 from helpers import MPIEXEC, needs_mpiexec
 
-from engine.comm import bucket_slices
-from engine.params import ParameterStore, read_safetensors
+from engine.params import read_safetensors
 from engine.threads import threads_per_rank
-from layers.model import parameter_shapes
+from layers.model import Decoder
 
 pytestmark = needs_mpiexec
 TRAIN = "from train.trainer import entry; entry()"
@@ -139,8 +138,8 @@ def test_threads_are_shared_among_local_ranks():
 
 
 def test_buckets_tile_the_gradient_buffer():
-    store = ParameterStore(parameter_shapes(256, 16, 3, 32))
-    buckets = bucket_slices(store)
+    model = Decoder(256, 16, 3, 2, 32, 8)
+    store, buckets = model.store, model.gradient_buckets()
     assert list(buckets) == ["tok_emb", "blocks.0", "blocks.1", "blocks.2", "ln_f"]
     edges = sorted(buckets.values())
     assert edges[0][0] == 0 and edges[-1][1] == store.numel

@@ -222,7 +222,7 @@ def time_model(args, cfg, prog, mode):
     xp = model.xp
     rng = np.random.default_rng([cfg.seed, world.rank])
     idx, targets = (xp.asarray(a) for a in random_batch(rng, batch_size, seq_len, cfg.vocab_size))
-    sync = GradientAllreduce(world, model.store, cfg.comm) if mode == "fwbw" else None
+    sync = GradientAllreduce(world, model.store, model.gradient_buckets(), cfg.comm) if mode == "fwbw" else None
 
     def forward():
         model.forward(idx, targets)
