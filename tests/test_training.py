@@ -96,7 +96,8 @@ def test_a_log_gets_one_plain_line_per_log_interval(small_args, capsys):
     out, err = capsys.readouterr()
     step_lines = [line for line in out.splitlines() if line.startswith("step ") and " | loss " in line]
     assert [line.split()[1] for line in step_lines] == ["2/6", "4/6", "6/6"], out
-    assert all(word in step_lines[0] for word in (" | lr ", " | grad norm ", " tok/s | ", " | MFU ", " ms")), step_lines[0]
+    words = (" | lr ", " | grad norm ", " tok/s | ", " | MFU ", " ms")
+    assert all(word in step_lines[0] for word in words), step_lines[0]
     assert "\r" not in out + err
 
 

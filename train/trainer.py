@@ -187,7 +187,8 @@ def start_or_resume(cfg, resume):
     model = build_model(cfg)
     world.broadcast_array(model.store.data)
     optimizer = AdamW(model.store, cfg.beta1, cfg.beta2, cfg.adam_eps, cfg.weight_decay)
-    run = Run(cfg, world, data, model, optimizer, GradientAllreduce(world, model.store, model.gradient_buckets(), cfg.comm), micro_steps)
+    sync = GradientAllreduce(world, model.store, model.gradient_buckets(), cfg.comm)
+    run = Run(cfg, world, data, model, optimizer, sync, micro_steps)
     if resume:
         metadata = load_for_resume(resume, model, optimizer, cfg, world)
         run.start, run.best_val_loss, run.last_good = metadata["step"], metadata["best_val_loss"], metadata["path"]
