@@ -54,7 +54,7 @@ BAD_FLAGS = {
     "override that breaks validation": (["--n_head=3"], "must be divisible by n_head"),
     "override without value": (["--d_model"], "--d_model needs a value"),
     "stray word": (["hello"], "unrecognised argument 'hello'"),
-    "command flag of wrong type": (["--samples", "many"], "invalid int value"),
+    "command flag of wrong type": (["--samples", "many"], "--samples must be an integer, got 'many'"),
     "bad choice": (["--dtype", "int8"], "invalid choice"),
     "non-positive batch": (["--batch-size", "0"], "--batch-size must be positive"),
     "zero finite-difference step": (["--eps", "0"], "--eps must be positive"),

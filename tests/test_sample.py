@@ -61,8 +61,9 @@ def test_sample_command_prints_a_story(small_args, tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--ckpt", "missing.safetensors"], "no such file"),
     (["--ckpt", "x", "--temperature", "-1"], "must not be negative"),
-    (["--ckpt", "x", "--temperature", "nan"], "--temperature must not be negative, and must be finite"),
-    (["--ckpt", "x", "--temperature", "inf"], "--temperature must not be negative, and must be finite"),
+    (["--ckpt", "x", "--temperature", "nan"], "--temperature must be finite, got nan"),
+    (["--ckpt", "x", "--temperature", "inf"], "--temperature must be finite, got inf"),
+    (["--ckpt", "x", "--num-samples", "0"], "--num-samples must be positive"),
     (["--ckpt", "x", "--bogus"], "unrecognized arguments: --bogus"),
 ])
 def test_sample_bad_input(argv, message, capsys):

@@ -2,7 +2,9 @@
 exit status 2, config overrides from the leftover `--key=value` words, and the error wrapper
 that, under MPI, ends the whole job when any rank fails."""
 import argparse
+import math
 import os
+import re
 import sys
 import tempfile
 import traceback
@@ -16,7 +18,8 @@ OVERRIDES_HELP = ("Any config key can also be set on the command line as --key=v
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a bad flag is a UserError (one line, exit 2) instead of usage text."""
+    """argparse, but a bad flag is a UserError (one line, exit 2) instead of usage text, said
+    as `--flag must ...` for the number types below."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
@@ -24,7 +27,37 @@ class ArgumentParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message):
-        raise UserError(message)
+        raise UserError(re.sub(r"^argument (-[^/:\s]+)\S*: (must )", r"\1 \2", message))
+
+
+def finite(kind, text):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a number'}, got {text!r}")
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text}")
+    return value
+
+
+def positive(kind):
+    """An argparse type: a finite number of `kind` (int or float) above 0."""
+    def parse(text):
+        value = finite(kind, text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError("must be positive")
+        return value
+    return parse
+
+
+def not_negative(kind):
+    """An argparse type: a finite number of `kind` (int or float), 0 or more."""
+    def parse(text):
+        value = finite(kind, text)
+        if value < 0:
+            raise argparse.ArgumentTypeError("must not be negative")
+        return value
+    return parse
 
 
 def make_folder(path, flag):

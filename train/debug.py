@@ -24,7 +24,7 @@ from engine import comm
 from engine.backend import to_numpy
 from engine.errors import UserError
 from engine.params import read_safetensors, write_safetensors
-from train.cli import ArgumentParser, run_main
+from train.cli import ArgumentParser, not_negative, positive, run_main
 from train.config import load_config
 from train.data import TokenData, random_batch
 from train.finite_differences import EPS, TOLERANCE, central_differences, relative_error, sample_entries
@@ -152,8 +152,6 @@ def check_layer(model, name, layer, inputs, upstream, n_samples, rng):
 
 
 def check_command(args, cfg):
-    if args.samples <= 0:
-        raise UserError("--samples must be positive")
     model, idx, targets = setup(cfg, dtype="float64")
     tracer = traced_step(model, idx, targets)
     last_forward = {}
@@ -365,7 +363,7 @@ def main(argv=None):
         "--out", required=True, help="the .safetensors file to write")
     add("trace", "every layer's tensors, in execution order")
     add("check", "each layer's backward against finite differences").add_argument(
-        "--samples", type=int, default=4, help="entries checked per tensor")
+        "--samples", type=positive(int), default=4, help="entries checked per tensor")
     add("step", "stop at each layer and inspect it").add_argument(
         "--break", dest="breaks", action="append", default=[], metavar="NAME:PHASE",
         help="stop only here (repeatable), e.g. blocks.2.attn:backward")
@@ -374,14 +372,12 @@ def main(argv=None):
     diff = add("diff", "compare two dumps", batch=False)
     diff.add_argument("a")
     diff.add_argument("b")
-    diff.add_argument("--tol", type=float, default=1e-5, help="largest relative difference that counts as equal")
+    diff.add_argument("--tol", type=not_negative(float), default=1e-5, help="largest relative difference that counts as equal")
 
     args, rest = parser.parse_known_args(argv)
     if args.command == "diff":
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        if not args.tol >= 0:  # NaN fails too
-            parser.error("--tol must not be negative")
         return diff_command(args)
     cfg = load_config(args.config, rest)
     return {"state": state_command, "trace": trace_command, "check": check_command, "step": step_command,

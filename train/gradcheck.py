@@ -13,7 +13,7 @@ import sys
 import numpy as np
 
 from engine.backend import to_numpy
-from train.cli import ArgumentParser, parse_with_config, run_main
+from train.cli import ArgumentParser, not_negative, parse_with_config, positive, run_main
 from train.data import random_batch
 from train.finite_differences import EPS, TOLERANCE, central_differences, relative_error, sample_entries
 from train.model_setup import build_model
@@ -44,17 +44,12 @@ def main(argv=None):
                         help="dtype of the backward under test (default float64)")
     # A check wants a small batch whatever the config trains with, so these are the tool's own
     # flags, in either spelling (the config's batch_size and seq_len are not used).
-    parser.add_argument("--batch-size", "--batch_size", type=int, default=2)
-    parser.add_argument("--seq-len", "--seq_len", type=int, default=16)
-    parser.add_argument("--samples", type=int, default=6, help="entries checked per tensor")
-    parser.add_argument("--eps", type=float, default=EPS, help=f"finite-difference step (default {EPS:g})")
-    parser.add_argument("--tol", type=float, help="largest relative error that passes (default by dtype)")
+    parser.add_argument("--batch-size", "--batch_size", type=positive(int), default=2)
+    parser.add_argument("--seq-len", "--seq_len", type=positive(int), default=16)
+    parser.add_argument("--samples", type=positive(int), default=6, help="entries checked per tensor")
+    parser.add_argument("--eps", type=positive(float), default=EPS, help=f"finite-difference step (default {EPS:g})")
+    parser.add_argument("--tol", type=not_negative(float), help="largest relative error that passes (default by dtype)")
     args, cfg = parse_with_config(parser, argv)
-    for flag in ("batch_size", "seq_len", "samples", "eps"):
-        if not getattr(args, flag) > 0:
-            parser.error(f"--{flag.replace('_', '-')} must be positive")
-    if args.tol is not None and not args.tol >= 0:
-        parser.error("--tol must not be negative")
     cfg.seq_len = max(cfg.seq_len, args.seq_len)
     eps, tol = args.eps, TOLERANCE[args.dtype] if args.tol is None else args.tol
 

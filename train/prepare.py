@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from engine import comm
 from engine.errors import UserError
-from train.cli import ArgumentParser, make_folder, parse_with_config, run_main
+from train.cli import ArgumentParser, make_folder, parse_with_config, positive, run_main
 from train.data import data_dir_for, open_source, task_texts
 from train.tokenizer import get_tokenizer
 
@@ -117,10 +117,8 @@ def prepare_on_root(cfg, workers=None):
 def main(argv=None):
     parser = ArgumentParser(prog="nano2_prepare", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="JSON config file (default: the built-in defaults)")
-    parser.add_argument("--workers", type=int, help="tokenising processes (default: cores, at most 8)")
+    parser.add_argument("--workers", type=positive(int), help="tokenising processes (default: cores, at most 8)")
     args, cfg = parse_with_config(parser, argv)
-    if args.workers is not None and args.workers <= 0:
-        parser.error("--workers must be positive")
     prepare_on_root(cfg, args.workers)
     return 0
 

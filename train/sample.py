@@ -4,7 +4,6 @@ A prompt is preceded by the end-of-text token, as every training document is, so
 prompt starts a new story. Generation stops at the next end-of-text token or after
 --max-new-tokens. When the context fills seq_len, it restarts from the last half of it.
 """
-import math
 import sys
 
 import numpy as np
@@ -12,7 +11,7 @@ import numpy as np
 from engine import comm
 from engine.backend import to_numpy
 from train.checkpoint import read_any_checkpoint
-from train.cli import ArgumentParser, run_main
+from train.cli import ArgumentParser, not_negative, positive, run_main
 from train.config import config_from_dict
 from train.model_setup import build_model
 from train.tokenizer import get_tokenizer
@@ -68,17 +67,13 @@ def main(argv=None):
     parser = ArgumentParser(prog="nano2_sample", description=__doc__.splitlines()[0], epilog=None)
     parser.add_argument("--ckpt", required=True, help="a checkpoint written by nano2_train")
     parser.add_argument("--prompt", default="", help="text to continue (default: start a new story)")
-    parser.add_argument("--max-new-tokens", type=int, default=500)
-    parser.add_argument("--temperature", type=float, default=0.8)
-    parser.add_argument("--top-k", type=int, default=0, help="sample only from the k likeliest tokens (0: all)")
-    parser.add_argument("--num-samples", type=int, default=1)
+    parser.add_argument("--max-new-tokens", type=not_negative(int), default=500)
+    parser.add_argument("--temperature", type=not_negative(float), default=0.8)
+    parser.add_argument("--top-k", type=not_negative(int), default=0, help="sample only from the k likeliest tokens (0: all)")
+    parser.add_argument("--num-samples", type=positive(int), default=1)
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     args = parser.parse_args(argv)
-    if not 0 <= args.temperature < math.inf:  # NaN fails too
-        parser.error("--temperature must not be negative, and must be finite")
-    if args.max_new_tokens < 0 or args.top_k < 0 or args.num_samples < 1:
-        parser.error("--max-new-tokens and --top-k must not be negative; --num-samples >= 1")
     if not comm.world().is_root:
         return 0  # under mpirun, rank 0 alone samples (the others would print the same text)
     model, cfg = load_model(args.ckpt, args.device)

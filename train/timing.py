@@ -9,7 +9,6 @@ tokens/s, the achieved GFLOP/s and the MFU against a matrix-product peak measure
 """
 import functools
 import json
-import math
 import re
 import resource
 import statistics
@@ -24,7 +23,7 @@ from engine.backend import import_cupy, synchronize
 from engine.comm import GradientAllreduce
 from engine.flops import forward_flops_per_token, measure_matmul_flops, training_flops_per_token
 from engine.threads import set_threads, threads_per_rank
-from train.cli import ArgumentParser, parse_with_config, run_main
+from train.cli import ArgumentParser, not_negative, parse_with_config, positive, run_main
 from train.data import random_batch
 from train.model_setup import build_model
 from train.tracing import Patches
@@ -176,38 +175,27 @@ def make_parser(prog, device, mode):
                                                    f"on random tokens (no optimizer step).")
     parser.add_argument("--config", help="JSON config file (default: the built-in defaults)")
     if mode == "fw":
-        parser.add_argument("--fw-iters", type=int, default=DEFAULT_ITERS["fw"],
+        parser.add_argument("--fw-iters", type=positive(int), default=DEFAULT_ITERS["fw"],
                             help=f"timed forward iterations per rank (default {DEFAULT_ITERS['fw']})")
     else:
         # The seed spelled this --fwbw-iters on the GPU and --fw-bw-iters on the CPU: both work.
-        parser.add_argument("--fwbw-iters", "--fw-bw-iters", dest="fwbw_iters", type=int,
+        parser.add_argument("--fwbw-iters", "--fw-bw-iters", dest="fwbw_iters", type=positive(int),
                             default=DEFAULT_ITERS["fwbw"],
                             help=f"timed forward+backward iterations per rank (default {DEFAULT_ITERS['fwbw']})")
-        parser.add_argument("--fw-iters", type=int, default=DEFAULT_ITERS["fw"],
+        parser.add_argument("--fw-iters", type=positive(int), default=DEFAULT_ITERS["fw"],
                             help=f"with --profile, forward-only iterations timed for the fwbw/fw ratio "
                                  f"(default {DEFAULT_ITERS['fw']})")
-    parser.add_argument("--batch-size", type=int, help="sequences per rank (default: the config's batch_size)")
-    parser.add_argument("--seq-len", type=int, help="tokens per sequence (default: the config's seq_len)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first (default 2)")
+    parser.add_argument("--batch-size", type=positive(int), help="sequences per rank (default: the config's batch_size)")
+    parser.add_argument("--seq-len", type=positive(int), help="tokens per sequence (default: the config's seq_len)")
+    parser.add_argument("--warmup", type=not_negative(int), default=2, help="untimed iterations first (default 2)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--profile", action="store_true",
                         help="also time every layer, on as many further iterations (a table of each kind "
                              "of layer's share of the step)")
-    parser.add_argument("--peak-gflops", type=float,
+    parser.add_argument("--peak-gflops", type=positive(float),
                         help="one rank's peak GFLOP/s for the MFU (default: a 1024x1024 matrix product "
                              "measured on the spot)")
     return parser
-
-
-def checked_args(parser, args, mode):
-    for flag in ("fw_iters", "fwbw_iters", "batch_size", "seq_len", "peak_gflops"):
-        value = getattr(args, flag, None)
-        if value is not None and not 0 < value < math.inf:  # NaN fails both comparisons
-            parser.error(f"--{flag.replace('_', '-')} must be positive{' and finite' if isinstance(value, float) else ''}")
-    if args.warmup < 0:
-        parser.error("--warmup must not be negative")
-    args.iters = args.fw_iters if mode == "fw" else args.fwbw_iters
-    return args
 
 
 def time_model(args, cfg, prog, mode):
@@ -336,7 +324,7 @@ def main(argv=None, prog="nano2_cpu_fw"):
     device, mode = COMMANDS[prog]
     parser = make_parser(prog, device, mode)
     args, cfg = parse_with_config(parser, argv)
-    args = checked_args(parser, args, mode)
+    args.iters = args.fw_iters if mode == "fw" else args.fwbw_iters
     if device == "gpu":
         import_cupy("nano2_cpu_fw / nano2_cpu_fwandbw time the CPU")
     cfg.device = device  # a GPU config (gpt2-small.json) still times on the CPU with the CPU commands
