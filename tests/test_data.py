@@ -188,7 +188,7 @@ def test_batches_are_a_function_of_seed_and_step(stories_dir):
 def test_ranks_and_micro_steps_split_one_global_batch(stories_dir):
     data = TokenData(stories_dir)
     whole = data.batch("train", 3, 7, 8, 16)[0]
-    ranks = [data.batch("train", 3, 7, 4, 16, rank=r, world=2)[0] for r in range(2)]
+    ranks = [data.batch("train", 3, 7, 4, 16, rank=r, ranks=2)[0] for r in range(2)]
     micro = [data.batch("train", 3, 7, 4, 16, micro_step=m, micro_steps=2)[0] for m in range(2)]
     np.testing.assert_array_equal(np.concatenate(ranks), whole)
     np.testing.assert_array_equal(np.concatenate(micro), whole)

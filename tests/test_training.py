@@ -53,7 +53,8 @@ def test_thirty_steps_match_pytorch(stories_dir):
                                    {"params": not_decayed, "weight_decay": 0.0}],
                                   lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps)
     for step in range(30):
-        batches = [data.batch("train", cfg.seed, step, cfg.batch_size, cfg.seq_len, m, micro_steps)
+        batches = [data.batch("train", cfg.seed, step, cfg.batch_size, cfg.seq_len,
+                              micro_step=m, micro_steps=micro_steps)
                    for m in range(micro_steps)]
         lr = learning_rate(step, cfg)
         loss, _ = train_step(model, optimizer, batches, lr, cfg.grad_clip)

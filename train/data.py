@@ -248,12 +248,13 @@ class TokenData:
             raise UserError(f"the data uses the {self.tokenizer_name} tokenizer "
                             f"({self.vocab_size} tokens) but the model's vocab_size is {vocab_size}")
 
-    def batch(self, split, seed, step, batch_size, seq_len, micro_step=0, micro_steps=1, rank=0, world=1):
-        """(inputs, targets), each (batch_size, seq_len) int64, for this rank and micro-step."""
+    def batch(self, split, seed, step, batch_size, seq_len, *, micro_step=0, micro_steps=1, rank=0, ranks=1):
+        """(inputs, targets), each (batch_size, seq_len) int64: rank `rank` of `ranks`' rows of
+        micro-step `micro_step` of the step's micro_steps x ranks x batch_size windows."""
         tokens = self.tokens[split]
         rng = np.random.default_rng([seed, self.SPLITS[split], step])
-        starts = rng.integers(0, len(tokens) - seq_len, size=micro_steps * world * batch_size)
-        first = (micro_step * world + rank) * batch_size
+        starts = rng.integers(0, len(tokens) - seq_len, size=micro_steps * ranks * batch_size)
+        first = (micro_step * ranks + rank) * batch_size
         windows = tokens[starts[first:first + batch_size, None] + np.arange(seq_len + 1)].astype(np.int64)
         return windows[:, :-1], windows[:, 1:]
 

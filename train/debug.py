@@ -58,7 +58,7 @@ def setup(cfg, dtype=None):
         data = TokenData(cfg.data_dir)
         data.check_fits(cfg.seq_len, cfg.vocab_size)
         idx, targets = data.batch("val", cfg.seed, 0, cfg.batch_size, cfg.seq_len, rank=world.rank,
-                                  world=world.world_size)
+                                  ranks=world.world_size)
     else:
         rows = cfg.batch_size * world.world_size
         idx, targets = random_batch(np.random.default_rng(cfg.seed), rows, cfg.seq_len, cfg.vocab_size)

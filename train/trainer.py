@@ -248,7 +248,8 @@ def run_steps(run, stop, bar, log_lines):
         started = time.perf_counter()
         sync.comm_seconds = 0.0
         batches = [tuple(xp.asarray(a) for a in run.data.batch("train", cfg.seed, step, cfg.batch_size, cfg.seq_len,
-                                                                  m, run.micro_steps, world.rank, world.world_size))
+                                                                  micro_step=m, micro_steps=run.micro_steps,
+                                                                  rank=world.rank, ranks=world.world_size))
                    for m in range(run.micro_steps)]
         lr = learning_rate(step, cfg)
         try:
