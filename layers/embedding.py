@@ -38,6 +38,7 @@ class TokenEmbedding:
         self.name = name
         self.weight = store.params[f"{name}.weight"]
         self.weight_grad = store.grads[f"{name}.weight"]
+        self.parameter_names = (f"{name}.weight",)
         # "Attention Is All You Need" §3.4: without √d the N(0, 0.02) rows sit far under the
         # unit-size sinusoids added next (DESIGN.md measures what that costs).
         self.scale = math.sqrt(self.weight.shape[1])
@@ -57,6 +58,7 @@ class TiedHead:
         self.name = name
         self.weight = embedding.weight
         self.weight_grad = embedding.weight_grad
+        self.parameter_names = embedding.parameter_names
 
     def forward(self, h):
         logits, self.cache = tied_head_forward(h, self.weight)

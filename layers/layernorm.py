@@ -26,6 +26,7 @@ class LayerNorm:
         self.bias = store.params[f"{name}.bias"]
         self.weight_grad = store.grads[f"{name}.weight"]
         self.bias_grad = store.grads[f"{name}.bias"]
+        self.parameter_names = (f"{name}.weight", f"{name}.bias")
 
     def forward(self, x):
         y, self.cache = layernorm_forward(x, self.weight, self.bias)

@@ -27,6 +27,7 @@ class Linear:
         self.bias = store.params[f"{name}.bias"]
         self.weight_grad = store.grads[f"{name}.weight"]
         self.bias_grad = store.grads[f"{name}.bias"]
+        self.parameter_names = (f"{name}.weight", f"{name}.bias")
 
     def forward(self, x):
         y, self.cache = linear_forward(x, self.weight, self.bias)

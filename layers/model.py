@@ -34,6 +34,16 @@ def parameter_shapes(vocab_size, d_model, n_layer, d_ff):
     return shapes
 
 
+def parameter_names(layer):
+    """The store names of the parameters whose gradients `layer`'s backward writes: those it
+    says it owns (`parameter_names`: Linear, LayerNorm, the embedding and the tied head) and
+    its children's."""
+    names = list(getattr(layer, "parameter_names", ()))
+    for child in getattr(layer, "children", ()):
+        names += parameter_names(child)
+    return names
+
+
 def init_parameters(store, n_layer, seed):
     """GPT-2's init: weights N(0, 0.02), the residual output projections N(0, 0.02/√(2L)) so the
     residual stream's variance does not grow with depth, biases 0, LayerNorm weights 1.
@@ -107,8 +117,8 @@ class Decoder:
         to grads_ready (tok_emb, each block, ln_f): contiguous, as the store lays them out."""
         buckets = {}
         for layer in (self.embedding, *self.blocks, self.ln_f):
-            spans = [self.store.span(name) for name in self.store.shapes if name.startswith(layer.name + ".")]
-            buckets[layer.name] = (spans[0].start, spans[-1].stop)
+            spans = [self.store.span(name) for name in parameter_names(layer)]
+            buckets[layer.name] = (min(s.start for s in spans), max(s.stop for s in spans))
         return buckets
 
     def backward(self, dloss=1.0, grads_ready=None):

@@ -24,6 +24,7 @@ from engine import comm
 from engine.backend import to_numpy
 from engine.errors import UserError
 from engine.params import read_safetensors, write_safetensors
+from layers.model import parameter_names
 from train.cli import ArgumentParser, not_negative, positive, run_main
 from train.config import load_config
 from train.data import TokenData, random_batch
@@ -117,13 +118,6 @@ def trace_command(args, cfg):
     return 0
 
 
-def layer_parameters(store, name, layer):
-    """The store names of the parameters a layer's backward writes: those under its name, and
-    any the layer holds by reference (the tied head holds tok_emb.weight)."""
-    held = [value for value in vars(layer).values() if hasattr(value, "shape")]
-    return [n for n, p in store.params.items() if n.startswith(name + ".") or any(p is h for h in held)]
-
-
 def check_layer(model, name, layer, inputs, upstream, n_samples, rng):
     """[(tensor, relative error)] for one layer's backward against central differences of
     L = Σ forward(inputs) · upstream, on sampled entries of its float inputs and parameters."""
@@ -134,7 +128,7 @@ def check_layer(model, name, layer, inputs, upstream, n_samples, rng):
     g = xp.asarray(upstream) if upstream is not None else 1.0
     layer.forward(*inputs)
     dx = layer.backward(g)
-    names = layer_parameters(store, name, layer)
+    names = parameter_names(layer)
     analytic = {n: to_numpy(store.grads[n]).copy() for n in names}
 
     def loss():
@@ -187,7 +181,7 @@ def nonfinite_command(args, cfg):
         # A backward's parameter gradients go into the store, not into its outputs; the events
         # come innermost layer first, so the first to see one is the layer that wrote it.
         if e.phase == "backward":
-            for name in layer_parameters(store, e.name, e.layer):
+            for name in parameter_names(e.layer):
                 if not bool(model.xp.isfinite(store.grads[name]).all()):
                     bad_gradients[e.index] = name
                     return
