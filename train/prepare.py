@@ -95,7 +95,9 @@ def prepare(cfg, workers=None, quiet=False):
 def write_split(pool, tasks, n_docs, fd, name, quiet):
     """Tokenise `tasks` in the pool into the open file `fd`, in order; returns the counts."""
     n_tokens = n_bytes = 0
-    with os.fdopen(fd, "wb") as out, tqdm(total=n_docs, unit="doc", disable=quiet, desc=name) as bar:
+    # In a log (no terminal) the bar would write a frame per update; the summary line says it all.
+    bar = tqdm(total=n_docs, unit="doc", disable=quiet or not sys.stderr.isatty(), desc=name)
+    with os.fdopen(fd, "wb") as out, bar:
         for tokens, task_bytes, task_docs in pool.imap(tokenize_task, tasks):
             out.write(tokens.tobytes())
             n_tokens += len(tokens)
