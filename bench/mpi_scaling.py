@@ -28,16 +28,15 @@ def worker(config, steps, warmup, overrides):
     from engine import comm
     from engine.comm import GradientAllreduce
     from engine.optim import AdamW
-    from engine.threads import set_threads
     from train.data import random_batch
-    from train.model_setup import build_model
+    from train.model_setup import set_up_rank
     from train.timing import time_steps
     from train.trainer import train_step
 
     cfg = load_config(config, overrides)
     world = comm.world()
-    set_threads(cfg.threads or 1)
-    model = build_model(cfg)
+    cfg.threads = cfg.threads or 1  # one thread a rank, unless the config says otherwise: scaling over ranks
+    model, _ = set_up_rank(cfg)
     optimizer = AdamW(model.store, cfg.beta1, cfg.beta2, cfg.adam_eps, cfg.weight_decay)
     sync = GradientAllreduce(world, model.store, model.gradient_buckets())
     rng = np.random.default_rng(world.rank)

@@ -29,7 +29,7 @@ from train.cli import ArgumentParser, not_negative, positive, run_main
 from train.config import load_config
 from train.data import TokenData, random_batch
 from train.finite_differences import EPS, TOLERANCE, central_differences, relative_error, sample_entries
-from train.model_setup import build_model
+from train.model_setup import set_up_rank
 from train.tracing import Tracer, summary
 
 CHECK_TOLERANCE = TOLERANCE["float64"]
@@ -65,7 +65,7 @@ def setup(cfg, dtype=None):
         idx, targets = random_batch(np.random.default_rng(cfg.seed), rows, cfg.seq_len, cfg.vocab_size)
         mine = slice(world.rank * cfg.batch_size, (world.rank + 1) * cfg.batch_size)
         idx, targets = idx[mine], targets[mine]
-    model = build_model(cfg, dtype=dtype)
+    model, _ = set_up_rank(cfg, dtype)
     return model, model.xp.asarray(idx), model.xp.asarray(targets)
 
 

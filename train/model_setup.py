@@ -1,9 +1,19 @@
-"""The model a config describes, on this rank's device: what every command builds first."""
+"""The model a config describes, on this rank's device and threads: what every command sets
+up first."""
 from engine.backend import get_array_module, resolve_dtype
 from engine.comm import world
 from engine.errors import UserError
 from engine.kernels.launch import ATTENTION_HEAD_SIZES
+from engine.threads import set_threads, threads_per_rank
 from layers.model import Decoder, init_parameters
+
+
+def set_up_rank(cfg, dtype=None):
+    """(model, threads) for this rank: its CPU threads (cfg.threads, or the machine's cores
+    shared among its ranks) set, then build_model."""
+    threads = cfg.threads or threads_per_rank(world().local_size)
+    set_threads(threads)
+    return build_model(cfg, dtype), threads
 
 
 def build_model(cfg, dtype=None):

@@ -22,10 +22,9 @@ from engine import comm
 from engine.backend import import_cupy, synchronize
 from engine.comm import GradientAllreduce
 from engine.flops import forward_flops_per_token, measure_matmul_flops, training_flops_per_token
-from engine.threads import set_threads, threads_per_rank
 from train.cli import ArgumentParser, not_negative, parse_with_config, positive, run_main
 from train.data import random_batch
-from train.model_setup import build_model
+from train.model_setup import set_up_rank
 from train.tracing import Patches
 
 # prog: (device, what it times)
@@ -201,12 +200,10 @@ def make_parser(prog, device, mode):
 def time_model(args, cfg, prog, mode):
     """The results dict on rank 0, None on the other ranks."""
     world = comm.world()
-    threads = cfg.threads or threads_per_rank(world.local_size)
-    set_threads(threads)
     batch_size = args.batch_size or cfg.batch_size
     seq_len = args.seq_len or cfg.seq_len
     cfg.batch_size, cfg.seq_len = batch_size, max(cfg.seq_len, seq_len)  # the position table covers seq_len
-    model = build_model(cfg)
+    model, threads = set_up_rank(cfg)
     xp = model.xp
     rng = np.random.default_rng([cfg.seed, world.rank])
     idx, targets = (xp.asarray(a) for a in random_batch(rng, batch_size, seq_len, cfg.vocab_size))

@@ -21,12 +21,11 @@ from engine.comm import GradientAllreduce
 from engine.errors import UserError
 from engine.flops import measure_matmul_flops, training_flops_per_token
 from engine.optim import AdamW, clip_grad_norm
-from engine.threads import set_threads, threads_per_rank
 from train.checkpoint import (checkpoint_path, keep_last, latest_checkpoint, load_checkpoint, mark_best,
                               save_checkpoint, step_checkpoints)
 from train.cli import ArgumentParser, make_folder, parse_with_config, run_main
 from train.data import TokenData, data_dir_for
-from train.model_setup import build_model
+from train.model_setup import set_up_rank
 from train.plot import plot_losses, read_metrics
 from train.prepare import prepare_on_root
 
@@ -179,12 +178,11 @@ def start_or_resume(cfg, resume):
     """Every rank's model, optimizer and data for cfg, from random weights in a new run folder
     or from a checkpoint (rank 0 alone prepares data and writes the folder)."""
     world = comm.world()
-    set_threads(cfg.threads or threads_per_rank(world.local_size))
     prepare_on_root(cfg)
     data = TokenData(data_dir_for(cfg))
     data.check_fits(cfg.seq_len, cfg.vocab_size)
     micro_steps = micro_steps_per_step(cfg, world.world_size)
-    model = build_model(cfg)
+    model, _ = set_up_rank(cfg)
     world.broadcast_array(model.store.data)
     optimizer = AdamW(model.store, cfg.beta1, cfg.beta2, cfg.adam_eps, cfg.weight_decay)
     sync = GradientAllreduce(world, model.store, model.gradient_buckets(), cfg.comm)
