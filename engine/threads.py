@@ -14,11 +14,12 @@ def threads_per_rank(local_size, cpu_count=None, affinity=None):
 
 def set_threads(n):
     """Run the CPU kernels' parallel loops on n threads: Numba's pool, which also runs the
-    matrix products on single-threaded OpenBLAS (engine/kernels/blas.py); without that
+    matrix products on OpenBLAS, held to one thread by engine/kernels/blas.py; without that
     binding, NumPy's BLAS gets the n threads for its own products."""
     import numba
     from threadpoolctl import threadpool_limits
 
     from engine.kernels import blas
-    threadpool_limits(limits=1 if blas.FOUND else n, user_api="blas")
+    if not blas.FOUND:
+        threadpool_limits(limits=n, user_api="blas")
     numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))

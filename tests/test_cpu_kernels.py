@@ -40,6 +40,28 @@ def test_attention(dtype, shape, packed):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows, d_in, d_out", [(1, 5, 3), (37, 33, 65), (301, 64, 130), (2048, 96, 288)])
+@pytest.mark.parametrize("views", [False, True], ids=["contiguous", "strided"])
+def test_linear_products(dtype, rows, d_in, d_out, views):
+    """matmul (with and without bias) and linear_backward, rows split unevenly over the threads;
+    strided: x and dy are column slices of wider buffers and W is read through a transpose."""
+    rng = np.random.default_rng(rows + d_in)
+    if views:
+        x = random(rng, (rows, d_in + 7), dtype)[:, 3:3 + d_in]
+        dy = random(rng, (rows, 2 * d_out), dtype)[:, :d_out]
+        w = random(rng, (d_out, d_in), dtype).T
+    else:
+        x, dy = random(rng, (rows, d_in), dtype), random(rng, (rows, d_out), dtype)
+        w = random(rng, (d_in, d_out), dtype)
+    b = random(rng, (d_out,), dtype)
+    assert_kernel_close(cpu.matmul(x, w, b), reference.matmul(x, w, b), dtype, "y")
+    assert_kernel_close(cpu.matmul(x, w), reference.matmul(x, w), dtype, "y without bias")
+    for name, g, e in zip(("dx", "dw", "db"), cpu.linear_backward(dy, x, w), reference.linear_backward(dy, x, w)):
+        assert g.dtype == dtype, name
+        assert_kernel_close(g, e, dtype, name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1, 1, 5), (2, 7, 33), (3, 128)])
 def test_layernorm(dtype, shape):
     rng = np.random.default_rng(1)

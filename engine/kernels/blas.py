@@ -61,21 +61,19 @@ def external_gemm(kind, address, integer):
 FOUND = find_openblas_gemm()
 if FOUND:
     threadpoolctl.threadpool_limits(limits=1, user_api="blas")  # the threads are Numba's (above)
-    sgemm_address, dgemm_address, wide = FOUND
-    integer_type = types.int64 if wide else types.intc
-    sgemm = external_gemm("s", sgemm_address, integer_type)
-    dgemm = external_gemm("d", dgemm_address, integer_type)
+    integer_type = types.int64 if FOUND[2] else types.intc
+    sgemm, dgemm = (external_gemm(kind, address, integer_type) for kind, address in zip("sd", FOUND[:2]))
 
 
 @numba.njit(inline="always")
 def layout(x):
-    """(CBLAS transpose flag, leading dimension) of a 2-D view with contiguous rows or columns;
-    (0, 0) for any other view."""
+    """(CBLAS transpose flag, leading dimension) of a 2-D view whose rows or columns are
+    contiguous and do not overlap; (0, 0) for any other view, which BLAS cannot read."""
     rows, cols = x.shape
     row_stride, col_stride = x.strides[0] // x.itemsize, x.strides[1] // x.itemsize
-    if col_stride == 1 or cols == 1:
+    if (col_stride == 1 or cols == 1) and (rows == 1 or row_stride >= cols):
         return NO_TRANS, max(row_stride, cols, 1)
-    if row_stride == 1 or rows == 1:
+    if (row_stride == 1 or rows == 1) and (cols == 1 or col_stride >= rows):
         return TRANS, max(col_stride, rows, 1)
     return 0, 0
 

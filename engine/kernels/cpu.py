@@ -121,13 +121,10 @@ def linear_backward_rows(dy, x, w, dx, dw, db_parts):
 
 
 def blas_view(x, dtype):
-    """x as BLAS reads it (blas.layout): itself where its rows or its columns are contiguous
-    and do not overlap, else a contiguous copy in dtype."""
+    """x itself where BLAS can read it as it is (blas.layout), else a contiguous copy in dtype."""
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"matrix products take float32 or float64 arrays, not {dtype}")
-    rows, cols = x.shape
-    row_stride, col_stride = (s // x.itemsize for s in x.strides)
-    if x.dtype == dtype and ((col_stride == 1 and row_stride >= cols) or (row_stride == 1 and col_stride >= rows)):
+    if x.dtype == dtype and blas.layout(x)[0]:
         return x
     return np.ascontiguousarray(x, dtype=dtype)
 

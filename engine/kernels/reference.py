@@ -15,7 +15,9 @@ from engine.backend import array_module
 def matmul(a, b, bias=None):
     """a @ b for 2-D a and b, plus bias on every row when given (a linear layer's forward)."""
     y = a @ b
-    return y if bias is None else y + bias
+    if bias is not None:
+        y += bias  # in place: the GPU runs this, and a second output would cost a pass and an array
+    return y
 
 
 def linear_backward(dy, x, w):
