@@ -65,7 +65,7 @@ if FOUND:
     sgemm, dgemm = (external_gemm(kind, address, integer_type) for kind, address in zip("sd", FOUND[:2]))
 
 
-@numba.njit(inline="always")
+@numba.njit(inline="always", cache=True)  # cached: the Python side asks it too
 def layout(x):
     """(CBLAS transpose flag, leading dimension) of a 2-D view whose rows or columns are
     contiguous and do not overlap; (0, 0) for any other view, which BLAS cannot read."""
