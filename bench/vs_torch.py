@@ -45,6 +45,7 @@ would pick, unset both for this command alone:
 A benchmark, not a test: it prints a table and writes bench/vs_torch_<config>.png.
 """
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -84,11 +85,10 @@ class Nano2Side:
         set_threads(threads)
 
     def load(self, path):
-        from layers.model import Decoder
+        from layers.model import Decoder, ModelConfig
         spec, params, self.idx, self.targets = read_model_file(path)
         self.model = None  # free the previous model before the next one is built
-        self.model = Decoder(spec["vocab_size"], spec["d_model"], spec["n_layer"], spec["n_head"], spec["d_ff"],
-                             spec["seq_len"], dtype=np.float32)
+        self.model = Decoder(ModelConfig(**spec["model"]), dtype=np.float32)
         self.model.store.load_tensors(params, path)
         return float(self.model.forward(self.idx, self.targets)[1])
 
@@ -126,7 +126,7 @@ class TorchSide:
         # from_numpy shares the arrays, so the parameters are counted once, in this process.
         self.params = {name: self.torch.from_numpy(value).requires_grad_() for name, value in params.items()}
         self.idx, self.targets = self.torch.from_numpy(idx), self.torch.from_numpy(targets)
-        self.n_layer, self.n_head = spec["n_layer"], spec["n_head"]
+        self.n_layer, self.n_head = spec["model"]["n_layer"], spec["model"]["n_head"]
         return self.loss().item()
 
     def loss(self):
@@ -231,8 +231,7 @@ def write_model_file(path, cfg, batch_size, seq_len):
     from train.model_setup import build_model
     model = build_model(cfg)
     idx, targets = random_batch(np.random.default_rng(cfg.seed), batch_size, seq_len, cfg.vocab_size)
-    spec = {key: getattr(cfg, key) for key in ("vocab_size", "d_model", "n_layer", "n_head", "d_ff", "seq_len")}
-    spec["names"] = list(model.store.params)
+    spec = {"model": dataclasses.asdict(model.config), "names": list(model.store.params)}
     np.savez(path, spec=json.dumps(spec), idx=idx, targets=targets, **model.store.params)
     return model.store.numel
 

@@ -4,7 +4,9 @@ and logits through the embedding's own matrix (the tied head); mean cross-entrop
 Backward runs the same layers in reverse. The only join is E: the head's gradient and the
 embedding's both add into one buffer, which is what tying means for the gradient.
 """
+import dataclasses
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -16,11 +18,29 @@ from layers.positions import SinusoidalPositions
 from layers.xent import CrossEntropy
 
 
-def parameter_shapes(vocab_size, d_model, n_layer, d_ff):
-    """(name, shape) of every parameter, in checkpoint order (DESIGN.md's table)."""
-    d = d_model
-    shapes = [("tok_emb.weight", (vocab_size, d))]
-    for i in range(n_layer):
+@dataclass
+class ModelConfig:
+    """The model's shape, nanoGPT's GPTConfig: the one value the Decoder, its parameter table,
+    checkpoints and the timing results read it from. train.config.Config extends it with the
+    run's keys, so a run's config is a ModelConfig too."""
+    vocab_size: int = 256
+    d_model: int = 128
+    n_layer: int = 4
+    n_head: int = 4
+    d_ff: int = 512
+    seq_len: int = 128            # the longest sequence; the position table has this many rows
+
+    def model_config(self):
+        """The model's keys alone (of a run's Config too), as a ModelConfig."""
+        return ModelConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(ModelConfig)})
+
+
+def parameter_shapes(config):
+    """(name, shape) of every parameter of a model of `config`'s shape, in checkpoint order
+    (DESIGN.md's table)."""
+    d, d_ff = config.d_model, config.d_ff
+    shapes = [("tok_emb.weight", (config.vocab_size, d))]
+    for i in range(config.n_layer):
         p = f"blocks.{i}"
         shapes += [
             (f"{p}.ln1.weight", (d,)), (f"{p}.ln1.bias", (d,)),
@@ -62,15 +82,13 @@ def init_parameters(store, n_layer, seed):
 
 
 class Decoder:
-    def __init__(self, vocab_size, d_model, n_layer, n_head, d_ff, seq_len,
-                 dtype=np.float32, xp=np, store=None):
-        self.vocab_size, self.d_model, self.n_layer = vocab_size, d_model, n_layer
-        self.n_head, self.d_ff, self.seq_len = n_head, d_ff, seq_len
+    def __init__(self, config, dtype=np.float32, xp=np, store=None):
+        self.config = config = config.model_config()
         self.xp = xp
-        self.store = store or ParameterStore(parameter_shapes(vocab_size, d_model, n_layer, d_ff), dtype, xp)
+        self.store = store or ParameterStore(parameter_shapes(config), dtype, xp)
         self.embedding = TokenEmbedding(self.store, "tok_emb")
-        self.positions = SinusoidalPositions(seq_len, d_model, self.store.dtype, xp)
-        self.blocks = [Block(self.store, f"blocks.{i}", n_head) for i in range(n_layer)]
+        self.positions = SinusoidalPositions(config.seq_len, config.d_model, self.store.dtype, xp)
+        self.blocks = [Block(self.store, f"blocks.{i}", config.n_head) for i in range(config.n_layer)]
         self.ln_f = LayerNorm(self.store, "ln_f")
         self.head = TiedHead(self.embedding)
         self.xent = CrossEntropy()
@@ -87,8 +105,8 @@ class Decoder:
 
     def forward(self, idx, targets=None):
         """Logits (B, T, V), and the mean loss when targets are given (else None)."""
-        if idx.shape[1] > self.seq_len:
-            raise ValueError(f"sequence of {idx.shape[1]} tokens is longer than seq_len {self.seq_len}")
+        if idx.shape[1] > self.config.seq_len:
+            raise ValueError(f"sequence of {idx.shape[1]} tokens is longer than seq_len {self.config.seq_len}")
         x = self.positions.forward(self.embedding.forward(idx))
         for block in self.blocks:
             x = block.forward(x)
@@ -98,15 +116,16 @@ class Decoder:
 
     def new_kv_cache(self, batch_size):
         """Per block, room for the keys and values of seq_len positions (for forward_cached)."""
-        shape = (batch_size, self.n_head, self.seq_len, self.d_model // self.n_head)
+        c = self.config
+        shape = (batch_size, c.n_head, c.seq_len, c.d_model // c.n_head)
         return [{"k": self.xp.zeros(shape, self.store.dtype), "v": self.xp.zeros(shape, self.store.dtype)}
                 for _ in self.blocks]
 
     def forward_cached(self, idx, kv_cache, start):
         """Inference: logits for tokens at positions start.., reusing the keys and values of the
         earlier positions in kv_cache, so generating a token costs one position, not all of them."""
-        if start + idx.shape[1] > self.seq_len:
-            raise ValueError(f"positions up to {start + idx.shape[1]} exceed seq_len {self.seq_len}")
+        if start + idx.shape[1] > self.config.seq_len:
+            raise ValueError(f"positions up to {start + idx.shape[1]} exceed seq_len {self.config.seq_len}")
         x = self.positions.forward(self.embedding.forward(idx), start)
         for block, block_cache in zip(self.blocks, kv_cache):
             x = block.forward_cached(x, block_cache, start)

@@ -16,10 +16,10 @@ SCRIPT = textwrap.dedent("""
     import cupy, numpy as np
     from engine import comm
     from engine.comm import GradientAllreduce
-    from layers.model import Decoder
+    from layers.model import Decoder, ModelConfig
     world = comm.world()
     cupy.cuda.Device(world.local_rank % cupy.cuda.runtime.getDeviceCount()).use()
-    model = Decoder(64, 16, 2, 2, 32, 8, np.float32, cupy)
+    model = Decoder(ModelConfig(64, 16, 2, 2, 32, 8), np.float32, cupy)
     store = model.store
     store.grad[...] = cupy.arange(store.numel, dtype=cupy.float32) * (world.rank + 1)
     sync = GradientAllreduce(world, store, model.gradient_buckets(), "{kind}")

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from engine.params import read_safetensors
-from layers.model import Decoder, parameter_shapes
+from layers.model import Decoder, ModelConfig, parameter_shapes
 from train import debug
 
 
@@ -18,7 +18,7 @@ def test_state_file_holds_the_whole_step(tmp_path, capsys):
     cfg = metadata["config"]
     assert (cfg["d_model"], cfg["n_layer"], cfg["batch_size"], cfg["seq_len"], cfg["seed"],
             cfg["dtype"]) == (128, 4, 2, 12, 7, "float64")
-    names = [name for name, _ in parameter_shapes(256, 128, 4, 512)]
+    names = [name for name, _ in parameter_shapes(ModelConfig(256, 128, 4, 4, 512))]
     expected = {"inputs", "targets", "logits", "loss"} | set(names) | {f"grad.{n}" for n in names}
     assert set(tensors) == expected
     assert tensors["inputs"].shape == tensors["targets"].shape == (2, 12)
@@ -27,7 +27,7 @@ def test_state_file_holds_the_whole_step(tmp_path, capsys):
     np.testing.assert_array_equal(tensors["inputs"][:, 1:], tensors["targets"][:, :-1])
 
     # The file is self-consistent: its parameters and inputs reproduce its loss and gradients.
-    model = Decoder(256, 128, 4, 4, 512, 12, dtype=np.float64)
+    model = Decoder(ModelConfig(256, 128, 4, 4, 512, 12), dtype=np.float64)
     model.store.load_tensors(tensors, str(out))
     logits, loss = model.forward(tensors["inputs"], tensors["targets"])
     model.backward()

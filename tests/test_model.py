@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from helpers import assert_grad_close, relative_error
 
-from layers.model import Decoder, init_parameters
+from layers.model import Decoder, ModelConfig, init_parameters
 from train import gradcheck
 from train.data import random_batch
 
@@ -14,7 +14,7 @@ SMALL = dict(vocab_size=11, d_model=8, n_layer=2, n_head=2, d_ff=12, seq_len=6)
 
 
 def small_model(dtype=np.float64, seed=0):
-    model = Decoder(**SMALL, dtype=dtype)
+    model = Decoder(ModelConfig(**SMALL), dtype=dtype)
     init_parameters(model.store, SMALL["n_layer"], seed)
     # Larger than the N(0, 0.02) init, so every path carries a gradient well above rounding.
     model.store.data[...] += np.random.default_rng(seed).normal(0, 0.3, model.store.numel).astype(dtype)
@@ -71,7 +71,7 @@ def test_gradcheck_tool_fails_on_a_wrong_backward(monkeypatch, capsys):
 def test_float32_agrees_with_float64():
     idx, targets = random_batch(np.random.default_rng(2), 2, 6, SMALL["vocab_size"])
     model64 = small_model(np.float64)
-    model32 = Decoder(**SMALL, dtype=np.float32)
+    model32 = Decoder(ModelConfig(**SMALL), dtype=np.float32)
     model32.store.data[...] = model64.store.data
     losses = {}
     for model in (model32, model64):
@@ -86,7 +86,7 @@ def test_float32_agrees_with_float64():
 
 
 def test_init_follows_the_design():
-    model = Decoder(256, 64, 4, 4, 256, 32, dtype=np.float64)
+    model = Decoder(ModelConfig(256, 64, 4, 4, 256, 32), dtype=np.float64)
     init_parameters(model.store, 4, seed=3)
     p = model.store.params
     assert p["tok_emb.weight"].std() == pytest.approx(0.02, rel=0.05)
@@ -99,7 +99,7 @@ def test_init_follows_the_design():
 
 
 def test_initial_loss_is_near_uniform():
-    model = Decoder(256, 64, 2, 2, 128, 32)
+    model = Decoder(ModelConfig(256, 64, 2, 2, 128, 32))
     init_parameters(model.store, 2, seed=0)
     idx, targets = random_batch(np.random.default_rng(0), 4, 32, 256)
     _, loss = model.forward(idx, targets)

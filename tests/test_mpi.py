@@ -13,7 +13,7 @@ from helpers import MPIEXEC, needs_mpiexec
 
 from engine.params import read_safetensors
 from engine.threads import threads_per_rank
-from layers.model import Decoder
+from layers.model import Decoder, ModelConfig
 
 pytestmark = needs_mpiexec
 TRAIN = "from train.trainer import entry; entry()"
@@ -138,7 +138,7 @@ def test_threads_are_shared_among_local_ranks():
 
 
 def test_buckets_tile_the_gradient_buffer():
-    model = Decoder(256, 16, 3, 2, 32, 8)
+    model = Decoder(ModelConfig(256, 16, 3, 2, 32, 8))
     store, buckets = model.store, model.gradient_buckets()
     assert list(buckets) == ["tok_emb", "blocks.0", "blocks.1", "blocks.2", "ln_f"]
     edges = sorted(buckets.values())

@@ -2,14 +2,14 @@
 import numpy as np
 import pytest
 
-from layers.model import Decoder, init_parameters
+from layers.model import Decoder, ModelConfig, init_parameters
 from train import sample
 from train.cli import run_main
 
 
 @pytest.fixture
 def model():
-    model = Decoder(256, 32, 2, 4, 64, 16, dtype=np.float64)
+    model = Decoder(ModelConfig(256, 32, 2, 4, 64, 16), dtype=np.float64)
     init_parameters(model.store, 2, seed=0)
     model.store.data[...] += np.random.default_rng(1).normal(0, 0.2, model.store.numel)
     return model
@@ -29,7 +29,7 @@ def test_generate_matches_greedy_full_recomputation(model):
     tokens = sample.generate(model, prompt, 30, temperature=0, top_k=0, rng=None)
     expected = list(prompt)
     for _ in range(30):  # the slow way: the whole (cropped) context every time
-        context = expected[-model.seq_len:] if len(expected) <= model.seq_len else None
+        context = expected[-model.config.seq_len:] if len(expected) <= model.config.seq_len else None
         if context is None:
             break
         logits, _ = model.forward(np.array([context]))

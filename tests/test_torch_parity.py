@@ -3,7 +3,7 @@ autograd computing the gradients: same weights, same batch, same loss and gradie
 import numpy as np
 import pytest
 
-from layers.model import Decoder, init_parameters
+from layers.model import Decoder, ModelConfig, init_parameters
 from train.data import random_batch
 
 torch = pytest.importorskip("torch")
@@ -17,7 +17,7 @@ SIZES = dict(vocab_size=256, d_model=64, n_layer=3, n_head=4, d_ff=256, seq_len=
     (np.float32, 1e-5, 1e-4),
 ])
 def test_loss_and_gradients_match_pytorch(dtype, loss_tol, grad_tol):
-    model = Decoder(**SIZES, dtype=dtype)
+    model = Decoder(ModelConfig(**SIZES), dtype=dtype)
     init_parameters(model.store, SIZES["n_layer"], seed=11)
     idx, targets = random_batch(np.random.default_rng(12), 3, SIZES["seq_len"], SIZES["vocab_size"])
     _, loss = model.forward(idx, targets)

@@ -9,11 +9,15 @@ import glob
 import os
 import re
 import shutil
+from dataclasses import fields
 
 from engine.errors import UserError
 from engine.params import read_safetensors, write_safetensors
+from layers.model import ModelConfig
 
-MODEL_KEYS = ("vocab_size", "d_model", "n_layer", "n_head", "d_ff")
+# The keys a checkpoint's model must share with the config it loads into; seq_len may differ,
+# since the position table is computed, not learned.
+MODEL_KEYS = tuple(f.name for f in fields(ModelConfig) if f.name != "seq_len")
 FORMAT = "nano2 checkpoint"
 
 

@@ -12,18 +12,13 @@ from dataclasses import dataclass
 from engine.backend import DEVICES, DTYPES
 from engine.comm import COMM_KINDS
 from engine.errors import UserError
+from layers.model import ModelConfig
 from train.tokenizer import TOKENIZERS
 
 
 @dataclass
-class Config:
-    # model
-    vocab_size: int = 256
-    d_model: int = 128
-    n_layer: int = 4
-    n_head: int = 4
-    d_ff: int = 512
-    seq_len: int = 128
+class Config(ModelConfig):
+    """The model's shape (ModelConfig's keys, first) and the run's."""
     # run
     batch_size: int = 8
     seed: int = 1337

@@ -18,6 +18,7 @@ from train.data import random_batch
 from train.finite_differences import EPS, TOLERANCE, central_differences, relative_error, sample_entries
 from train.model_setup import build_model
 
+
 def check_model(model, model64, idx, targets, n_samples, eps, rng):
     """[(name, shape, entries checked, ||analytic||, ||numeric||, relative error)] per tensor:
     `model`'s backward against central differences of `model64`, a float64 copy of it."""

@@ -23,7 +23,6 @@ def build_model(cfg, dtype=None):
     if cfg.device == "gpu" and head_size not in ATTENTION_HEAD_SIZES:
         raise UserError(f"config: the GPU attention kernels take head sizes (d_model / n_head) "
                         f"{', '.join(map(str, ATTENTION_HEAD_SIZES))}, not {head_size}")
-    model = Decoder(cfg.vocab_size, cfg.d_model, cfg.n_layer, cfg.n_head, cfg.d_ff, cfg.seq_len,
-                    dtype=resolve_dtype(dtype_name), xp=get_array_module(cfg.device, cfg.tf32, world().local_rank))
+    model = Decoder(cfg, resolve_dtype(dtype_name), get_array_module(cfg.device, cfg.tf32, world().local_rank))
     init_parameters(model.store, cfg.n_layer, cfg.seed)
     return model

@@ -34,7 +34,7 @@ def generate(model, prompt_tokens, max_new_tokens, temperature, top_k, rng, stop
     """The prompt followed by up to max_new_tokens sampled tokens."""
     xp = model.xp
     tokens = list(prompt_tokens)
-    context = tokens[-model.seq_len:]
+    context = tokens[-model.config.seq_len:]
     cache = model.new_kv_cache(1)
     logits = model.forward_cached(xp.asarray([context]), cache, 0)[0, -1]
     position = len(context)
@@ -43,8 +43,8 @@ def generate(model, prompt_tokens, max_new_tokens, temperature, top_k, rng, stop
         tokens.append(token)
         if token == stop_token:
             break
-        if position == model.seq_len:  # the cache is full: start over from the last half window
-            context = tokens[-(model.seq_len // 2):]
+        if position == model.config.seq_len:  # the cache is full: start over from the last half window
+            context = tokens[-(model.config.seq_len // 2):]
             cache = model.new_kv_cache(1)
             logits = model.forward_cached(xp.asarray([context]), cache, 0)[0, -1]
             position = len(context)

@@ -7,6 +7,7 @@ Every rank's per-iteration times are gathered to rank 0, which prints the median
 tokens/s, the achieved GFLOP/s and the MFU against a matrix-product peak measured on the spot.
 --profile then times every layer, on iterations of their own since the timers cost time.
 """
+import dataclasses
 import functools
 import json
 import re
@@ -254,10 +255,9 @@ def time_model(args, cfg, prog, mode):
         return None
 
     result = {"command": prog, "mode": mode, "device": cfg.device, "config": args.config or "(defaults)",
-              "vocab_size": cfg.vocab_size, "d_model": cfg.d_model, "n_layer": cfg.n_layer, "n_head": cfg.n_head,
-              "d_ff": cfg.d_ff, "parameters": model.store.numel, "dtype": cfg.dtype, "batch_size": batch_size,
-              "seq_len": seq_len, "ranks": world.world_size, "threads_per_rank": threads, "warmup": args.warmup,
-              "peak_gflops": peak_flops / 1e9, "peak_measured": not args.peak_gflops}
+              **dataclasses.asdict(model.config), "parameters": model.store.numel, "dtype": cfg.dtype,
+              "batch_size": batch_size, "seq_len": seq_len, "ranks": world.world_size, "threads_per_rank": threads,
+              "warmup": args.warmup, "peak_gflops": peak_flops / 1e9, "peak_measured": not args.peak_gflops}
     result.update(summarise(seconds, tokens, flops_per_token, peak_flops))
     result.update({key: max(m[key] for m in memories) for key in memories[0]})  # the worst rank's
     if mode == "fwbw":
