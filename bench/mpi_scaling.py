@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 from engine.errors import UserError
-from train.cli import run_main
+from train.cli import ArgumentParser, not_negative, positive, run_main
 from train.config import load_config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -30,7 +30,7 @@ def worker(config, steps, warmup, overrides):
     from engine.optim import AdamW
     from train.data import random_batch
     from train.model_setup import set_up_rank
-    from train.timing import time_steps
+    from train.profiler import time_steps
     from train.trainer import train_step
 
     cfg = load_config(config, overrides)
@@ -79,17 +79,15 @@ def draw(rows, path):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=os.path.join(HERE, "..", "configs", "tiny.json"))
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=positive(int), default=30)
+    parser.add_argument("--warmup", type=not_negative(int), default=3)
+    parser.add_argument("--repeats", type=positive(int), default=3)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args, args.overrides = parser.parse_known_args()
     if args.worker:
         return worker(args.config, args.steps, args.warmup, args.overrides)
-    if args.steps < 1 or args.repeats < 1 or args.warmup < 0:
-        raise UserError("--steps and --repeats must be positive, --warmup not negative")
     load_config(args.config, args.overrides)  # a bad config or override says so here, once
     runs = {1: [], 2: []}
     for _ in range(args.repeats):

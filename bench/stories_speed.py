@@ -2,16 +2,16 @@
 
     .venv/bin/python bench/stories_speed.py [--stories 20000]
 """
-import argparse
 import time
 
+from train.cli import ArgumentParser, positive, run_main
 from train.stories import generate_stories
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stories", type=int, default=20000)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser = ArgumentParser(description=__doc__.splitlines()[0], epilog=None)
+    parser.add_argument("--stories", type=positive(int), default=20000)
+    parser.add_argument("--repeats", type=positive(int), default=3)
     args = parser.parse_args()
     best, size = float("inf"), 0
     for _ in range(args.repeats):
@@ -22,4 +22,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "stories_speed")

@@ -44,7 +44,6 @@ would pick, unset both for this command alone:
 
 A benchmark, not a test: it prints a table and writes bench/vs_torch_<config>.png.
 """
-import argparse
 import dataclasses
 import json
 import os
@@ -108,7 +107,7 @@ class Nano2Side:
         """The share of a forward+backward spent in the linear layers' and the head's matrix
         products, from nano2_cpu_fwandbw --profile's timers."""
         from engine import comm
-        from train.timing import run_profile
+        from train.profiler import run_profile
         return run_profile(self.model, self.forward_backward, iters, comm.world(), None, "fwbw")["matmul_share"]
 
 
@@ -202,7 +201,7 @@ def worker(side_name, threads):
 class Worker:
     def __init__(self, side, threads):
         self.side = side
-        self.process = subprocess.Popen([sys.executable, __file__, "--worker", side, "--threads", str(threads)],
+        self.process = subprocess.Popen([sys.executable, __file__, "--worker", side, str(threads)],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                         env=USER_ENVIRONMENT)
 
@@ -290,26 +289,20 @@ def blas_description():
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=os.path.join("configs", "nano2.json"))
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads on each side")
-    parser.add_argument("--repeats", type=int, default=3, help="rounds of alternation")
-    parser.add_argument("--iters", type=int, default=5, help="iterations per side, mode and repeat")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed iterations of each mode first")
-    parser.add_argument("--worker", choices=("nano2", "torch"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        return worker(args.worker, args.threads)
-    if min(args.batch_size, args.seq_len, args.threads, args.repeats, args.iters) < 1 or args.warmup < 0:
-        parser.error("--batch-size, --seq-len, --threads, --repeats and --iters must be positive, "
-                     "--warmup not negative")
-
     from importlib.metadata import version
 
     from engine.flops import forward_flops_per_token, training_flops_per_token
+    from train.cli import ArgumentParser, not_negative, positive
     from train.config import load_config
+    parser = ArgumentParser(description=__doc__.splitlines()[0], epilog=None)
+    parser.add_argument("--config", default=os.path.join("configs", "nano2.json"))
+    parser.add_argument("--batch-size", type=positive(int), default=8)
+    parser.add_argument("--seq-len", type=positive(int), default=256)
+    parser.add_argument("--threads", type=positive(int), default=os.cpu_count(), help="threads on each side")
+    parser.add_argument("--repeats", type=positive(int), default=3, help="rounds of alternation")
+    parser.add_argument("--iters", type=positive(int), default=5, help="iterations per side, mode and repeat")
+    parser.add_argument("--warmup", type=not_negative(int), default=2, help="untimed iterations of each mode first")
+    args = parser.parse_args()
     cfg = load_config(args.config)
     cfg.seq_len = max(cfg.seq_len, args.seq_len)
     tiny = load_config(None, ["--n_layer=1", "--d_model=32", "--n_head=2", "--d_ff=64", "--seq_len=16",
@@ -393,5 +386,10 @@ def main():
 
 
 if __name__ == "__main__":
-    from train.cli import run_main
-    run_main(main, "vs_torch")
+    if sys.argv[1:2] == ["--worker"]:
+        # Worker.__init__'s own command line. Nothing of nano2 is imported before the side
+        # loads its library, so a PyTorch worker's OpenMP starts with the user's settings.
+        worker(side_name=sys.argv[2], threads=int(sys.argv[3]))
+    else:
+        from train.cli import run_main
+        run_main(main, "vs_torch")

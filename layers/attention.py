@@ -56,11 +56,13 @@ def cached_attention_forward(qkv, n_head, kv_cache, start):
 
 
 class CausalSelfAttention:
+    kind = "attention core"  # the linears have rows of their own
+
     def __init__(self, store, name, n_head):
         self.name = name
         self.n_head = n_head
-        self.qkv = Linear(store, f"{name}.qkv")
-        self.proj = Linear(store, f"{name}.proj")
+        self.qkv = Linear(store, f"{name}.qkv", "linear qkv")
+        self.proj = Linear(store, f"{name}.proj", "linear attn.proj")
         self.children = (self.qkv, self.proj)
 
     def forward(self, x):

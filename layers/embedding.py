@@ -34,6 +34,8 @@ def tied_head_backward(dlogits, cache):
 
 
 class TokenEmbedding:
+    kind = "embedding"
+
     def __init__(self, store, name):
         self.name = name
         self.weight = store.params[f"{name}.weight"]
@@ -53,6 +55,7 @@ class TokenEmbedding:
 
 class TiedHead:
     """The output head, sharing TokenEmbedding's unscaled matrix and its gradient buffer."""
+    kind = "head (tied)"
 
     def __init__(self, embedding, name="head"):
         self.name = name

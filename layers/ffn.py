@@ -18,6 +18,8 @@ def gelu_backward(dy, x):
 
 
 class GELU:
+    kind = "gelu"
+
     def __init__(self, name):
         self.name = name
 
@@ -32,9 +34,9 @@ class GELU:
 class FFN:
     def __init__(self, store, name):
         self.name = name
-        self.fc = Linear(store, f"{name}.fc")
+        self.fc = Linear(store, f"{name}.fc", "linear fc")
         self.gelu = GELU(f"{name}.gelu")
-        self.proj = Linear(store, f"{name}.proj")
+        self.proj = Linear(store, f"{name}.proj", "linear ffn.proj")
         self.children = (self.fc, self.gelu, self.proj)
 
     def forward(self, x):

@@ -20,6 +20,8 @@ def layernorm_backward(dy, cache):
 
 
 class LayerNorm:
+    kind = "layernorm"
+
     def __init__(self, store, name):
         self.name = name
         self.weight = store.params[f"{name}.weight"]

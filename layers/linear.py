@@ -21,8 +21,9 @@ def linear_backward(dy, cache):
 
 
 class Linear:
-    def __init__(self, store, name):
+    def __init__(self, store, name, kind):
         self.name = name
+        self.kind = kind  # named by the layer that owns it: "linear qkv"
         self.weight = store.params[f"{name}.weight"]
         self.bias = store.params[f"{name}.bias"]
         self.weight_grad = store.grads[f"{name}.weight"]

@@ -25,6 +25,8 @@ def positions_backward(dy):
 
 
 class SinusoidalPositions:
+    kind = "positions"
+
     def __init__(self, n_positions, d, dtype, xp, name="pos"):
         self.name = name
         self.table = xp.asarray(sinusoidal_table(n_positions, d), dtype=dtype)

@@ -23,6 +23,8 @@ def cross_entropy_backward(dloss, cache):
 
 
 class CrossEntropy:
+    kind = "cross-entropy"
+
     def __init__(self, name="xent"):
         self.name = name
 

@@ -28,7 +28,7 @@ def make(kind):
     rng = np.random.default_rng(5)
     store.data[...] = rng.normal(size=store.numel) * 0.5
     layer = {
-        "linear": lambda: Linear(store, "b.ffn.fc"),
+        "linear": lambda: Linear(store, "b.ffn.fc", "linear fc"),
         "layernorm": lambda: LayerNorm(store, "b.ln1"),
         "attention": lambda: CausalSelfAttention(store, "b.attn", N_HEAD),
         "ffn": lambda: FFN(store, "b.ffn"),

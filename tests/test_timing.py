@@ -6,13 +6,17 @@ import subprocess
 import sys
 import types
 
+import numpy as np
 import pytest
 from helpers import MPIEXEC, needs_mpiexec
 
+from engine import comm
 from train import timing
 from train.cli import run_main
 from train.config import load_config
+from train.data import random_batch
 from train.model_setup import build_model
+from train.profiler import LayerProfiler, run_profile
 
 SMALL = ["--n_layer=2", "--d_model=32", "--n_head=2", "--d_ff=64", "--seq_len=32", "--batch-size", "2",
          "--warmup", "1"]
@@ -124,18 +128,20 @@ def test_profile_json_adds_up_to_the_step(capsys):
 def test_profiling_leaves_the_layers_as_they_were():
     model = build_model(load_config(None, SMALL[:5]))
     before = {name: vars(layer).copy() for name, layer in model.named_layers()}
-    profiler = timing.LayerProfiler(model)
+    profiler = LayerProfiler(model)
     assert "forward" in vars(model.blocks[0].attn.qkv)
     profiler.restore()
     assert {name: vars(layer) for name, layer in model.named_layers()} == before
     assert "forward" not in vars(model) and "backward" not in vars(model)
 
 
-def test_layer_kinds():
-    assert timing.layer_kind("blocks.11.attn.qkv") == "linear qkv"
-    assert timing.layer_kind("blocks.0.ln2") == timing.layer_kind("ln_f") == "layernorm"
-    assert timing.layer_kind("blocks.3") == timing.layer_kind("blocks.3.ffn") == "other"
-    assert timing.layer_kind("blocks.3.attn.rope") == "attn.rope", "an unknown layer keeps a row of its own"
+def test_each_layer_says_its_profile_row():
+    model = build_model(load_config(None, SMALL[:5]))
+    model.blocks[1].attn.kind = "attention core, block 1"
+    idx, targets = random_batch(np.random.default_rng(0), 2, 8, model.config.vocab_size)
+    p = run_profile(model, lambda: model.forward(idx, targets), 2, comm.world(), None, "fw")
+    assert [row["layer"] for row in p["rows"]] == PROFILE_ROWS[:-3] + ["attention core, block 1"] + PROFILE_ROWS[-3:]
+    assert sum(row["share"] for row in p["rows"]) == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("prog, argv, message", [

@@ -8,25 +8,21 @@ tokens/s, the achieved GFLOP/s and the MFU against a matrix-product peak measure
 --profile then times every layer, on iterations of their own since the timers cost time.
 """
 import dataclasses
-import functools
 import json
-import re
 import resource
 import statistics
 import sys
-import time
-from collections import defaultdict
 
 import numpy as np
 
 from engine import comm
-from engine.backend import import_cupy, synchronize
+from engine.backend import import_cupy
 from engine.comm import GradientAllreduce
 from engine.flops import forward_flops_per_token, measure_matmul_flops, training_flops_per_token
 from train.cli import ArgumentParser, not_negative, parse_with_config, positive, run_main
 from train.data import random_batch
 from train.model_setup import set_up_rank
-from train.tracing import Patches
+from train.profiler import run_profile, time_steps
 
 # prog: (device, what it times)
 COMMANDS = {"nano2_fw": ("gpu", "fw"), "nano2_fwbw": ("gpu", "fwbw"),
@@ -34,36 +30,6 @@ COMMANDS = {"nano2_fw": ("gpu", "fw"), "nano2_fwbw": ("gpu", "fwbw"),
 # A forward+backward costs about three forwards, so fewer iterations take about as long.
 DEFAULT_ITERS = {"fw": 10, "fwbw": 5}
 MODE_TITLES = {"fw": "forward", "fwbw": "forward+backward"}
-
-# Profile rows, by a layer's name with its "blocks.<i>." prefix removed. A block's own time
-# (its residual adds) and the FFN's (nothing but calls to its children) have no row of
-# their own: they go to "other".
-LAYER_KINDS = {"tok_emb": "embedding", "pos": "positions",
-               "ln1": "layernorm", "ln2": "layernorm", "ln_f": "layernorm",
-               "attn": "attention core", "attn.qkv": "linear qkv", "attn.proj": "linear attn.proj",
-               "ffn.fc": "linear fc", "ffn.gelu": "gelu", "ffn.proj": "linear ffn.proj",
-               "head": "head (tied)", "xent": "cross-entropy", "": "other", "ffn": "other"}
-# The rows that are a matrix product with a weight matrix (and its bias add or sum).
-MATMUL_KINDS = ("linear qkv", "linear attn.proj", "linear fc", "linear ffn.proj", "head (tied)")
-ROW_ORDER = tuple(kind for kind in dict.fromkeys(LAYER_KINDS.values()) if kind != "other")
-MODEL = "(model)"  # the profiler's key for the Decoder's own forward and backward
-
-
-def time_steps(step, iters, warmup, world, xp, sync=None):
-    """(seconds, communication seconds) of each of `iters` calls of step(), after `warmup`
-    untimed calls (the first runs compile the Numba kernels and warm the caches)."""
-    seconds, comm_seconds = [], []
-    for i in range(warmup + iters):
-        world.barrier()  # every rank starts the iteration together, as in training
-        if sync is not None:
-            sync.comm_seconds = 0.0
-        started = time.perf_counter()
-        step()
-        synchronize(xp)
-        if i >= warmup:
-            seconds.append(time.perf_counter() - started)
-            comm_seconds.append(sync.comm_seconds if sync is not None else 0.0)
-    return seconds, comm_seconds
 
 
 def host_memory(before, after, iters):
@@ -88,85 +54,6 @@ def summarise(seconds, tokens, flops_per_token, peak_flops):
     return {"iters": len(seconds), "median_ms": median * 1e3, "min_ms": min(seconds) * 1e3,
             "max_ms": max(seconds) * 1e3, "tokens_per_s": tokens / median, "gflops": flops / 1e9,
             "mfu": flops / peak_flops}
-
-
-def layer_kind(name):
-    """The profile row of layer `name`: blocks.3.attn.qkv -> "linear qkv". A layer this table
-    does not know gets a row of its own (its name without the block prefix)."""
-    relative = re.sub(r"^blocks\.\d+(\.|$)", "", name)
-    return LAYER_KINDS.get(relative, relative)
-
-
-class LayerProfiler:
-    """Times the forward and backward of every layer of `model.named_layers()`, and of the
-    model itself, by replacing those methods on each object with a timing wrapper (the layer
-    code is untouched); restore() puts the originals back."""
-
-    def __init__(self, model):
-        self.xp = model.xp
-        self.layers = list(model.named_layers())
-        self.totals = defaultdict(float)  # (layer name, "forward" or "backward") -> seconds
-        self.patches = Patches()
-        for name, obj in self.layers + [(MODEL, model)]:
-            for method in ("forward", "backward"):
-                self.patches.wrap(obj, method, functools.partial(self.timing, key=(name, method)))
-
-    def timing(self, original, key):
-        totals, xp = self.totals, self.xp
-
-        def timed(*args, **kwargs):
-            synchronize(xp)
-            started = time.perf_counter()
-            result = original(*args, **kwargs)
-            synchronize(xp)
-            totals[key] += time.perf_counter() - started
-            return result
-        return timed
-
-    def restore(self):
-        self.patches.restore()
-
-    def self_seconds(self, method):
-        """{layer name: seconds in `method`, its children's excluded}."""
-        return {name: self.totals[name, method]
-                - sum(self.totals[child.name, method] for child in getattr(layer, "children", ()))
-                for name, layer in self.layers}
-
-
-def profile_rows(profiler, step_seconds, comm_seconds, mode):
-    """{row: [forward s, backward s]}, summed over layers of a kind, adding up to step_seconds.
-
-    The forward column is model.forward (for fw, the whole step); the backward column is the
-    rest of the step: zero_grad, model.backward and the allreduce wait. "communication" is the
-    time the allreduce did not hide; "other" is what is left: the blocks' residual adds and
-    the step's time outside the layers."""
-    rows = defaultdict(lambda: [0.0, 0.0])
-    for column, method in enumerate(("forward", "backward")):
-        for name, seconds in profiler.self_seconds(method).items():
-            rows[layer_kind(name)][column] += seconds
-    if comm_seconds:
-        rows["communication"][1] += comm_seconds
-    forward_seconds = profiler.totals[MODEL, "forward"] if mode == "fwbw" else step_seconds
-    for column, target in enumerate((forward_seconds, step_seconds - forward_seconds)):
-        rows["other"][column] = target - sum(r[column] for kind, r in rows.items() if kind != "other")
-    order = list(ROW_ORDER) + sorted(set(rows) - set(ROW_ORDER) - {"communication", "other"})
-    return {kind: rows[kind] for kind in order + ["communication", "other"] if kind in rows}
-
-
-def run_profile(model, step, iters, world, sync, mode):
-    """Rank 0's per-layer profile of `iters` more iterations of step(), per iteration."""
-    profiler = LayerProfiler(model)
-    try:
-        seconds, comm_seconds = time_steps(step, iters, 0, world, model.xp, sync)
-    finally:
-        profiler.restore()
-    step_seconds = sum(seconds)
-    rows = profile_rows(profiler, step_seconds, sum(comm_seconds), mode)
-    matmul_seconds = sum(sum(rows[kind]) for kind in MATMUL_KINDS if kind in rows)
-    return {"iters": iters, "step_ms": step_seconds / iters * 1e3,
-            "rows": [{"layer": kind, "fw_ms": fw / iters * 1e3, "bw_ms": bw / iters * 1e3,
-                      "share": (fw + bw) / step_seconds} for kind, (fw, bw) in rows.items()],
-            "matmul_share": matmul_seconds / step_seconds}
 
 
 def make_parser(prog, device, mode):
