@@ -6,17 +6,24 @@ One process started without a launcher uses no MPI at all. With CuPy arrays the 
 straight to a CUDA-aware MPI, through pinned host memory to one that is not, or through NCCL
 (`comm="nccl"`), whose unique id travels over MPI.
 """
+import atexit
 import os
 import sys
+import threading
 import time
 
 import numpy as np
 
 from engine.backend import array_module, synchronize
+from engine.errors import CommTimeout
 
 # Set by mpiexec/mpirun of MPICH, Intel MPI, Open MPI, and by PMIx/Slurm launchers.
 LAUNCHER_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")
 COMM_KINDS = ("mpi", "nccl")
+# Seconds a collective may take before the job ends (the comm_timeout config key): PyTorch's
+# NCCL default, long enough for rank 0 to write a large checkpoint while the others wait.
+DEFAULT_TIMEOUT = 600.0
+PROBE, ANSWER = 1, 2  # tags on the probe communicator
 
 _world = None
 
@@ -34,11 +41,16 @@ def launched_by_mpi():
 
 
 class Comm:
-    """Rank, size and the few collectives nano2 needs, over COMM_WORLD or over nothing."""
+    """Rank, size and the few collectives nano2 needs, over COMM_WORLD or over nothing.
+
+    Every collective is bounded: it is started non-blocking and waited for at most `timeout`
+    seconds (wait), past which a CommTimeout names it and the ranks that did not answer a
+    probe, sent on a communicator of its own. A rank answers probes whenever it waits."""
 
     def __init__(self):
         self.mpi = None
         self.rank, self.world_size, self.local_rank, self.local_size = 0, 1, 0, 1
+        self.timeout = DEFAULT_TIMEOUT
         if launched_by_mpi():
             from mpi4py import MPI
             self.mpi = MPI
@@ -47,34 +59,86 @@ class Comm:
             local = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
             self.local_rank, self.local_size = local.Get_rank(), local.Get_size()
             local.Free()
+            self.hosts = self.comm.allgather(MPI.Get_processor_name())
+            self.probes = self.comm.Dup()
+            self.probe_from = np.zeros(1, np.int64)
+            self.probe = self.probes.Irecv(self.probe_from, source=MPI.ANY_SOURCE, tag=PROBE)
+            atexit.register(self.stop_answering)  # before mpi4py's MPI_Finalize, registered earlier
+
+    def stop_answering(self):
+        self.probe.Cancel()
+        self.probe.Wait()
 
     @property
     def is_root(self):
         return self.rank == 0
 
-    def barrier(self):
-        if self.world_size > 1:
-            self.comm.Barrier()
+    def wait(self, requests, what):
+        """Wait for `requests` (non-blocking MPI calls), answering probes meanwhile; after
+        self.timeout seconds, a CommTimeout saying `what` did not complete and who is silent."""
+        deadline = time.monotonic() + self.timeout
+        while not self.mpi.Request.Testall(requests):
+            self.answer_probes()
+            if time.monotonic() > deadline:
+                raise CommTimeout(f"{what} did not complete in {self.timeout:g} s; {self.silent_ranks()}")
 
-    def broadcast_array(self, array, root=0):
+    def answer_probes(self):
+        while self.probe.Test():
+            self.probes.Isend(np.array([self.rank], np.int64), dest=int(self.probe_from[0]), tag=ANSWER)
+            self.probe = self.probes.Irecv(self.probe_from, source=self.mpi.ANY_SOURCE, tag=PROBE)
+
+    def silent_ranks(self):
+        """'rank 1 (host2) did not answer', from probes to every other rank and a few seconds
+        for their answers (a rank waiting in any collective answers at once)."""
+        peers = [r for r in range(self.world_size) if r != self.rank]
+        me = np.array([self.rank], np.int64)
+        for peer in peers:
+            self.probes.Isend(me, dest=peer, tag=PROBE)
+        answers = {peer: self.probes.Irecv(np.zeros(1, np.int64), source=peer, tag=ANSWER) for peer in peers}
+        deadline = time.monotonic() + min(10.0, self.timeout / 2)
+        while time.monotonic() < deadline and not all(request.Test() for request in answers.values()):
+            self.answer_probes()
+            time.sleep(0.01)
+        silent = [peer for peer, request in answers.items() if not request.Test()]
+        if not silent:
+            return "every rank answered a probe"
+        names = ", ".join(f"{peer} ({self.hosts[peer]})" for peer in silent)
+        return f"rank{'s' if len(silent) > 1 else ''} {names} did not answer"
+
+    def arrive(self, what):
+        """A bounded barrier: after it every rank is here, so a blocking call that follows
+        (the object collectives, which have no non-blocking form) cannot wait on a lost rank."""
+        self.wait([self.comm.Ibarrier()], what)
+
+    def barrier(self, what="a barrier"):
+        if self.world_size > 1:
+            self.arrive(what)
+
+    def broadcast_array(self, array, root=0, what="a broadcast"):
         """Overwrite `array` (host or device) with root's, in place."""
         if self.world_size > 1:
             with host_view(array, self) as buffer:
-                self.comm.Bcast(buffer, root=root)
+                self.wait([self.comm.Ibcast(buffer, root=root)], what)
 
-    def broadcast_object(self, value, root=0):
-        return self.comm.bcast(value, root=root) if self.world_size > 1 else value
+    def broadcast_object(self, value, root=0, what="a broadcast"):
+        if self.world_size == 1:
+            return value
+        self.arrive(what)
+        return self.comm.bcast(value, root=root)
 
-    def gather(self, value):
+    def gather(self, value, what="a gather"):
         """Every rank's `value` as a list on the root, in rank order; None on the other ranks."""
-        return self.comm.gather(value, root=0) if self.world_size > 1 else [value]
+        if self.world_size == 1:
+            return [value]
+        self.arrive(what)
+        return self.comm.gather(value, root=0)
 
-    def sum_floats(self, values):
+    def sum_floats(self, values, what="an allreduce"):
         """The elementwise sum over ranks of a short list of Python floats."""
         if self.world_size == 1:
             return list(values)
         total = np.array(values, dtype=np.float64)
-        self.comm.Allreduce(self.mpi.IN_PLACE, total, op=self.mpi.SUM)
+        self.wait([self.comm.Iallreduce(self.mpi.IN_PLACE, total, op=self.mpi.SUM)], what)
         return total.tolist()
 
     def abort(self, status):
@@ -85,7 +149,15 @@ class Comm:
             # The launcher forwards each rank's output through a pipe and drops what is still in
             # it when the job is torn down: give it a moment, or the rank's last words are lost.
             time.sleep(1.0)
-            self.comm.Abort(status)
+            # MPI_Abort asks the process manager to end the job. On a host cut off from it the
+            # call may fail, return or block, so this process ends itself in any case.
+            fallback = threading.Timer(10.0, os._exit, (status,))
+            fallback.daemon = True
+            fallback.start()
+            try:
+                self.comm.Abort(status)
+            finally:
+                os._exit(status)
         sys.exit(status)
 
 
@@ -176,7 +248,7 @@ class GradientAllreduce:
             return
         started = time.perf_counter()
         if self.pending:
-            self.comm.mpi.Request.Waitall(self.pending)
+            self.comm.wait(self.pending, "the gradient allreduce")
             self.pending = []
         if self.xp is not np and self.kind != "nccl" and not self.cuda_aware:
             self.store.grad.set(self.staged)

@@ -32,6 +32,7 @@ BAD_CONFIGS = {
     "heads do not divide": ({"d_model": 100, "n_head": 3}, "d_model (100) must be divisible by n_head (3)"),
     "zero size": ({"d_ff": 0}, "d_ff must be positive"),
     "negative size": ({"seq_len": -4}, "seq_len must be positive"),
+    "no time for a collective": ({"comm_timeout": 0}, "comm_timeout must be positive"),
     "bad dtype": ({"dtype": "float16"}, "dtype must be one of"),
     "bad device": ({"device": "tpu"}, "device must be one of"),
     "not json": ("{d_model: 64", "is not valid JSON"),

@@ -2,16 +2,16 @@
 one rank with the same global batch, checkpoints that move between rank counts, a failing
 rank that ends the job, and a run folder written by rank 0 alone."""
 import os
+import re
 import shutil
 import subprocess
 import sys
 import textwrap
+import time
 
-import numpy as np
 import pytest
-from helpers import MPIEXEC, needs_mpiexec
+from helpers import MPIEXEC, assert_parameters_close, final_parameters, needs_mpiexec
 
-from engine.params import read_safetensors
 from engine.threads import threads_per_rank
 from layers.model import Decoder, ModelConfig
 
@@ -22,33 +22,6 @@ TRAIN = "from train.trainer import entry; entry()"
 def launch(n, code, *args, timeout=120):
     return subprocess.run([MPIEXEC, "-n", str(n), sys.executable, "-c", code, *args],
                           capture_output=True, text=True, timeout=timeout)
-
-
-def final_parameters(run_dir, step):
-    tensors, _ = read_safetensors(os.path.join(run_dir, f"ckpt-{step:07d}.safetensors"))
-    return {k: v for k, v in tensors.items() if not k.startswith("adam_")}
-
-
-def relative_difference(a, b):
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    return np.linalg.norm(a - b) / np.linalg.norm(b)
-
-
-def assert_parameters_close(a, b, tol, per_tensor):
-    """Per tensor, or over all parameters at once. float32 must use the latter: the key part
-    of attn.qkv.bias has a true gradient of zero (softmax ignores a shift shared by every key),
-    so its float32 gradient is rounding noise, which AdamW turns into steps of lr·g/eps; those
-    entries differ between any two summation orders by as much as their size (~1e-7), while
-    the parameters as a whole agree to ~6e-8."""
-    assert set(a) == set(b)
-    if per_tensor:
-        for name in a:
-            err = relative_difference(a[name], b[name])
-            assert err <= tol, f"{name}: relative difference {err:.2e} > {tol:g}"
-    else:
-        err = relative_difference(np.concatenate([a[n].ravel() for n in sorted(a)]),
-                                  np.concatenate([b[n].ravel() for n in sorted(a)]))
-        assert err <= tol, f"parameters differ by {err:.2e} relative > {tol:g}"
 
 
 @pytest.mark.parametrize("dtype, tol", [("float32", 1e-6), ("float64", 1e-12)])
@@ -94,6 +67,26 @@ def test_a_rank_that_raises_ends_the_job(small_args):
     assert result.returncode != 0
     assert "nano2_train: rank 1: RuntimeError: planted failure" in result.stderr, result.stderr[-3000:]
     assert "done:" not in result.stdout, "rank 0 must be ended, not left to finish its 1000 steps"
+
+
+def test_a_collective_past_comm_timeout_ends_the_job_naming_the_silent_rank(small_args):
+    code = textwrap.dedent(f"""
+        import time
+        from engine import comm
+        import train.trainer as trainer
+        real = trainer.learning_rate
+        def stall_on_rank_1(step, cfg):
+            if comm.world().rank == 1 and step == 2:
+                time.sleep(60)  # busy elsewhere, not in a collective: it cannot answer a probe
+            return real(step, cfg)
+        trainer.learning_rate = stall_on_rank_1
+        {TRAIN}
+    """)
+    started = time.monotonic()
+    result = launch(2, code, *small_args, "--max_steps=1000", "--eval_interval=1000", "--comm_timeout=2", timeout=50)
+    assert result.returncode != 0 and time.monotonic() - started < 40
+    assert re.search(r"nano2_train: rank 0: step 3: the gradient allreduce did not complete in 2 s; "
+                     r"rank 1 \(\S+\) did not answer; ending the job", result.stderr), result.stderr[-3000:]
 
 
 def test_only_rank_0_writes_files(small_args, tmp_path):

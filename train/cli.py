@@ -10,7 +10,7 @@ import tempfile
 import traceback
 
 from engine import comm
-from engine.errors import UserError
+from engine.errors import CommTimeout, UserError
 from train.config import FIELD_TYPES, load_config
 
 OVERRIDES_HELP = ("Any config key can also be set on the command line as --key=value or --key value: "
@@ -106,6 +106,9 @@ def run_main(main, prog):
     except (UserError, MemoryError) as e:
         print(f"{prog}: rank {world.rank}: error: {user_message(e)}", file=sys.stderr)
         world.abort(2)
+    except CommTimeout as e:
+        print(f"{prog}: rank {world.rank}: {e}; ending the job", file=sys.stderr)
+        world.abort(3)
     except BaseException as e:  # a bug, or Ctrl-C outside the training loop: all ranks must end
         if not isinstance(e, (KeyboardInterrupt, SystemExit)):
             traceback.print_exc()

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 
 from engine.backend import DEVICES, DTYPES
-from engine.comm import COMM_KINDS
+from engine.comm import COMM_KINDS, DEFAULT_TIMEOUT
 from engine.errors import UserError
 from layers.model import ModelConfig
 from train.tokenizer import TOKENIZERS
@@ -26,6 +26,7 @@ class Config(ModelConfig):
     device: str = "cpu"
     threads: int = 0              # CPU threads per rank (one pool); 0: the cores shared among local ranks
     comm: str = "mpi"             # gradient allreduce: "mpi", or "nccl" between GPUs
+    comm_timeout: float = DEFAULT_TIMEOUT  # seconds a collective may take before the job ends
     tf32: bool = False            # on the GPU, float32 matrix products in TF32 (faster, ~1e-3 relative)
     # data (train/data.py)
     data: str = "stories"
@@ -60,7 +61,7 @@ class Config(ModelConfig):
 
 FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Config)}
 POSITIVE = ("vocab_size", "d_model", "n_layer", "n_head", "d_ff", "seq_len", "batch_size", "num_stories",
-            "max_steps", "lr", "eval_interval", "eval_iters", "log_interval", "keep_checkpoints")
+            "max_steps", "lr", "comm_timeout", "eval_interval", "eval_iters", "log_interval", "keep_checkpoints")
 NON_NEGATIVE = ("seed", "threads", "min_lr", "warmup_steps", "weight_decay", "adam_eps", "grad_clip", "tokens_per_step")
 CHOICES = {"dtype": tuple(DTYPES), "device": DEVICES, "comm": COMM_KINDS, "tokenizer": tuple(TOKENIZERS),
            "wandb_mode": ("offline", "online", "disabled")}

@@ -113,7 +113,7 @@ def prepare_on_root(cfg, workers=None):
     world = comm.world()
     if world.is_root:
         prepare(cfg, workers)
-    world.barrier()
+    world.barrier("the wait for rank 0's data preparation")
 
 
 def main(argv=None):

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from engine import comm
 from engine.comm import GradientAllreduce
-from engine.errors import UserError
+from engine.errors import CommTimeout, UserError
 from engine.flops import measure_matmul_flops, training_flops_per_token
 from engine.optim import AdamW, clip_grad_norm
 from train.checkpoint import (checkpoint_path, keep_last, latest_checkpoint, load_checkpoint, mark_best,
@@ -95,7 +95,7 @@ def evaluate(model, data, cfg, world):
     for k in range(world.rank, cfg.eval_iters, world.world_size):
         idx, targets = data.batch("val", cfg.seed, k, cfg.batch_size, cfg.seq_len)
         total += float(model.forward(xp.asarray(idx), xp.asarray(targets))[1])
-    return world.sum_floats([total])[0] / cfg.eval_iters
+    return world.sum_floats([total], "the validation loss allreduce")[0] / cfg.eval_iters
 
 
 def append_metrics(path, row, wandb_run):
@@ -138,9 +138,9 @@ def load_for_resume(resume, model, optimizer, cfg, world):
         path = latest_checkpoint(cfg.out_dir) if resume == "latest" else resume
         metadata = load_checkpoint(path, model, optimizer, cfg)
         metadata["path"] = path
-    metadata = world.broadcast_object(metadata)
+    metadata = world.broadcast_object(metadata, what="the checkpoint's broadcast")
     for array in (model.store.data, optimizer.m, optimizer.v):
-        world.broadcast_array(array)
+        world.broadcast_array(array, what="the checkpoint's broadcast")
     optimizer.step_count = metadata["step"]
     return metadata
 
@@ -157,6 +157,7 @@ class Run:
     sync: GradientAllreduce
     micro_steps: int
     start: int = 0
+    step: int = 0                 # the step being taken, counted from 1
     best_val_loss: float = math.inf
     last_good: str = None
     wandb_run: object = None
@@ -178,12 +179,12 @@ def start_or_resume(cfg, resume):
     """Every rank's model, optimizer and data for cfg, from random weights in a new run folder
     or from a checkpoint (rank 0 alone prepares data and writes the folder)."""
     world = comm.world()
+    model, _ = set_up_rank(cfg)
     prepare_on_root(cfg)
     data = TokenData(data_dir_for(cfg))
     data.check_fits(cfg.seq_len, cfg.vocab_size)
     micro_steps = micro_steps_per_step(cfg, world.world_size)
-    model, _ = set_up_rank(cfg)
-    world.broadcast_array(model.store.data)
+    world.broadcast_array(model.store.data, what="the parameter broadcast")
     optimizer = AdamW(model.store, cfg.beta1, cfg.beta2, cfg.adam_eps, cfg.weight_decay)
     sync = GradientAllreduce(world, model.store, model.gradient_buckets(), cfg.comm)
     run = Run(cfg, world, data, model, optimizer, sync, micro_steps)
@@ -243,6 +244,7 @@ def run_steps(run, stop, bar, log_lines):
     flops_per_token = training_flops_per_token(model.store.numel, cfg.n_layer, cfg.d_model, cfg.seq_len)
     peak_flops = measure_matmul_flops(xp, model.store.dtype) * world.world_size
     for step in range(run.start, cfg.max_steps):
+        run.step = step + 1
         started = time.perf_counter()
         sync.comm_seconds = 0.0
         batches = [tuple(xp.asarray(a) for a in run.data.batch("train", cfg.seed, step, cfg.batch_size, cfg.seq_len,
@@ -257,7 +259,7 @@ def run_steps(run, stop, bar, log_lines):
                        f"{run.last_good or '(none yet)'}")
         # One small allreduce: the loss averaged over ranks, and whether any rank saw Ctrl-C,
         # so that every rank stops after the same step.
-        loss_sum, stops = world.sum_floats([loss, float(stop.requested)])
+        loss_sum, stops = world.sum_floats([loss, float(stop.requested)], "the step's loss allreduce")
         loss = loss_sum / world.world_size
         elapsed = time.perf_counter() - started
         tokens_per_s = run.tokens_per_step / elapsed
@@ -301,6 +303,8 @@ def train(cfg, resume=None):
     bar = tqdm(total=cfg.max_steps, initial=run.start, unit="step", dynamic_ncols=True, disable=not on_terminal)
     try:
         status, message = run_steps(run, stop, bar, log_lines=world.is_root and not on_terminal)
+    except CommTimeout as e:
+        raise CommTimeout(f"step {run.step}: {e}") from None
     finally:
         stop.restore()
         bar.close()
