@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from engine.backend import array_module, synchronize
-from engine.errors import CommTimeout
+from engine.errors import CommTimeout, UserError
 
 # Set by mpiexec/mpirun of MPICH, Intel MPI, Open MPI, and by PMIx/Slurm launchers.
 LAUNCHER_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")
@@ -141,6 +141,27 @@ class Comm:
         self.wait([self.comm.Iallreduce(self.mpi.IN_PLACE, total, op=self.mpi.SUM)], what)
         return total.tolist()
 
+    def shard(self, numel):
+        """This rank's slice of a flat buffer of numel entries (ZeRO-1): the ranks' slices are
+        consecutive and differ in size by one entry at most, so none needs padding."""
+        return slice(self.rank * numel // self.world_size, (self.rank + 1) * numel // self.world_size)
+
+    def shard_layout(self, numel):
+        """(counts, offsets) of every rank's shard, for the v-collectives."""
+        offsets = [r * numel // self.world_size for r in range(self.world_size + 1)]
+        return [b - a for a, b in zip(offsets, offsets[1:])], offsets[:-1]
+
+    def gather_shards(self, shard, numel, what="the optimizer state's gather"):
+        """Every rank's shard (host arrays) put together on rank 0; None on the other ranks."""
+        whole = np.empty(numel, shard.dtype) if self.is_root else None
+        counts, offsets = self.shard_layout(numel)
+        self.wait([self.comm.Igatherv(shard, [whole, (counts, offsets)] if self.is_root else None, root=0)], what)
+        return whole
+
+    def allgather_shards(self, whole, what="the parameters' all-gather"):
+        """Fill every rank's copy of `whole` with the shards the other ranks hold of it."""
+        self.wait([self.comm.Iallgatherv(self.mpi.IN_PLACE, [whole, self.shard_layout(whole.size)])], what)
+
     def abort(self, status):
         """End every rank of the job now (a rank that raised must not leave the others waiting)."""
         sys.stdout.flush()
@@ -208,13 +229,23 @@ class GradientAllreduce:
     final, and starts a non-blocking allreduce of that slice.
     `finish()` waits for all of them and divides by the number of ranks. `comm_seconds` adds
     up the time spent posting and waiting, the part of the step communication did not hide.
+
+    With `zero=1` (ZeRO-1) each bucket is reduce-scattered instead: a rank receives the sums
+    of the part of the bucket inside its shard (comm.shard), and finish() leaves the average
+    of its shard alone in place, for its optimizer; gather_parameters() then all-gathers the
+    updated shards. Without it, gather_parameters() has nothing to do.
     """
 
-    def __init__(self, comm, store, buckets, kind="mpi"):
+    def __init__(self, comm, store, buckets, kind="mpi", zero=0):
         self.comm, self.store, self.buckets, self.kind = comm, store, buckets, kind
         self.pending = []
         self.comm_seconds = 0.0
         self.xp = store.xp
+        self.shard = comm.shard(store.numel) if zero and comm.world_size > 1 else None
+        if self.shard is not None:
+            if self.xp is not np:
+                raise UserError("zero=1 runs on the CPU for now; on the GPU use zero=0")
+            self.reduced = np.empty(self.shard.stop - self.shard.start, store.dtype)
         if comm.world_size > 1 and self.xp is not np:
             self.cuda_aware = mpi_is_cuda_aware(comm.mpi)
             if kind == "nccl":
@@ -229,7 +260,9 @@ class GradientAllreduce:
         start, stop = self.buckets[name]
         grad = self.store.grad[start:stop]
         MPI = self.comm.mpi
-        if self.xp is np:
+        if self.shard is not None:
+            self.pending.append(self.reduce_scatter(start, stop))
+        elif self.xp is np:
             self.pending.append(self.comm.comm.Iallreduce(MPI.IN_PLACE, grad, op=MPI.SUM))
         elif self.kind == "nccl":
             nccl_allreduce_sum(self.nccl, grad)
@@ -250,11 +283,36 @@ class GradientAllreduce:
         if self.pending:
             self.comm.wait(self.pending, "the gradient allreduce")
             self.pending = []
-        if self.xp is not np and self.kind != "nccl" and not self.cuda_aware:
-            self.store.grad.set(self.staged)
-        self.store.grad *= self.store.grad.dtype.type(1.0 / self.comm.world_size)
+        average = self.store.grad.dtype.type(1.0 / self.comm.world_size)
+        if self.shard is not None:
+            np.multiply(self.reduced, average, out=self.store.grad[self.shard])
+        else:
+            if self.xp is not np and self.kind != "nccl" and not self.cuda_aware:
+                self.store.grad.set(self.staged)
+            self.store.grad *= average
         synchronize(self.xp)
         self.comm_seconds += time.perf_counter() - started
+
+    def reduce_scatter(self, start, stop):
+        """Start summing grad[start:stop] over ranks, each rank receiving the part inside its
+        shard (possibly none) into its place in self.reduced."""
+        counts, offsets = self.comm.shard_layout(self.store.numel)
+        mine = [max(0, min(stop, o + c) - max(start, o)) for c, o in zip(counts, offsets)]
+        first = max(start, self.shard.start) - self.shard.start
+        received = self.reduced[first:first + mine[self.comm.rank]]
+        return self.comm.comm.Ireduce_scatter(self.store.grad[start:stop], received, mine, op=self.comm.mpi.SUM)
+
+    def sum_over_shards(self, value):
+        """A number summed over the ranks' shards under ZeRO-1; without it, each rank holds
+        every shard, and the number is already the whole."""
+        return value if self.shard is None else self.comm.sum_floats([value], "the gradient norm's allreduce")[0]
+
+    def gather_parameters(self):
+        """ZeRO-1: every rank's updated shard of the parameters, to every rank."""
+        if self.shard is not None:
+            started = time.perf_counter()
+            self.comm.allgather_shards(self.store.data)
+            self.comm_seconds += time.perf_counter() - started
 
 
 def nccl_communicator(comm):

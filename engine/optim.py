@@ -1,7 +1,7 @@
 """AdamW over the flat buffers, and clipping by the global gradient norm.
 
-The moments are two more flat buffers beside the parameters, so the update is one pass
-over four arrays. Weight decay applies to matrices and the embedding only (every tensor of
+The moments are two more flat buffers beside the parameters (or beside this rank's shard of
+them, under ZeRO-1), so the update is one pass over four arrays. Weight decay applies to matrices and the embedding only (every tensor of
 two or more dimensions), never to LayerNorm weights or biases, as in nanoGPT and GPT-2.
 """
 import math
@@ -12,56 +12,87 @@ from engine import kernels
 from engine.errors import UserError
 
 
+def state_bytes(numel, dtype):
+    """The bytes AdamW holds for `numel` parameters of `dtype`: two moments and a decay mask."""
+    return numel * (2 * np.dtype(dtype).itemsize + 1)
+
+
 class AdamW:
-    def __init__(self, store, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1):
+    """AdamW over the flat buffers, or (ZeRO-1) over `shard`, the slice of them this rank
+    updates: it then holds the moments of that slice alone, and the other ranks' shards reach
+    it by the all-gather after the step (engine/comm.py)."""
+
+    def __init__(self, store, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1, shard=None):
         self.store = store
         self.beta1, self.beta2, self.eps, self.weight_decay = beta1, beta2, eps, weight_decay
+        self.shard = shard or slice(0, store.numel)
         xp = store.xp
-        self.m = xp.zeros_like(store.data)
-        self.v = xp.zeros_like(store.data)
-        self.decay = xp.zeros(store.numel, dtype=np.uint8)
+        size = self.shard.stop - self.shard.start
+        self.m = xp.zeros(size, dtype=store.dtype)
+        self.v = xp.zeros(size, dtype=store.dtype)
+        decay = np.zeros(store.numel, dtype=np.uint8)
         for name, shape in store.shapes.items():
             if len(shape) >= 2:
-                self.decay[store.span(name)] = 1
+                decay[store.span(name)] = 1
+        self.decay = xp.asarray(decay[self.shard])
         self.step_count = 0
+
+    @property
+    def state_bytes(self):
+        return state_bytes(self.m.size, self.m.dtype)
 
     def step(self, lr):
         self.step_count += 1
-        kernels.of(self.m).adamw_step(self.store.data, self.store.grad, self.m, self.v, self.decay, lr, self.beta1,
-                                      self.beta2, self.eps, self.weight_decay, self.step_count)
+        kernels.of(self.m).adamw_step(self.store.data[self.shard], self.store.grad[self.shard], self.m, self.v,
+                                      self.decay, lr, self.beta1, self.beta2, self.eps, self.weight_decay,
+                                      self.step_count)
 
-    def state_tensors(self):
-        """The moments as safetensors entries, under adam_m.<name> / adam_v.<name>."""
+    def whole_moments(self, comm):
+        """(m, v) over every parameter, on rank 0 (None elsewhere under ZeRO-1, where they are
+        gathered from every rank's shard: every rank calls this)."""
+        if self.m.size == self.store.numel:
+            return self.m, self.v
+        return comm.gather_shards(self.m, self.store.numel), comm.gather_shards(self.v, self.store.numel)
+
+    def state_tensors(self, m, v):
+        """Whole moments as safetensors entries, under adam_m.<name> / adam_v.<name>."""
         tensors = {}
         for name in self.store.shapes:
-            tensors[f"adam_m.{name}"] = self.store.view(self.m, name)
-            tensors[f"adam_v.{name}"] = self.store.view(self.v, name)
+            tensors[f"adam_m.{name}"] = self.store.view(m, name)
+            tensors[f"adam_v.{name}"] = self.store.view(v, name)
         return tensors
 
-    def load_state_tensors(self, tensors, step_count, source):
-        """Load the moments from state_tensors()'s entries, or a UserError naming the first
+    def moments_from_tensors(self, tensors, source):
+        """The whole (m, v) of state_tensors()'s entries, or a UserError naming the first
         parameter whose moments `source` lacks or holds in another shape."""
         for name, shape in self.store.shapes.items():
             if any(tuple(getattr(tensors.get(f"{moment}.{name}"), "shape", ())) != tuple(shape)
                    for moment in ("adam_m", "adam_v")):
                 raise UserError(f"{source} has no usable AdamW state for {name}; it cannot resume training")
+        xp = self.store.xp
+        m, v = xp.zeros_like(self.store.data), xp.zeros_like(self.store.data)
         for name in self.store.shapes:
-            self.store.view(self.m, name)[...] = self.store.xp.asarray(tensors[f"adam_m.{name}"])
-            self.store.view(self.v, name)[...] = self.store.xp.asarray(tensors[f"adam_v.{name}"])
+            self.store.view(m, name)[...] = xp.asarray(tensors[f"adam_m.{name}"])
+            self.store.view(v, name)[...] = xp.asarray(tensors[f"adam_v.{name}"])
+        return m, v
+
+    def load_moments(self, m, v, step_count):
+        """Take this rank's shard of the whole moments (m, v)."""
+        self.m[...] = m[self.shard]
+        self.v[...] = v[self.shard]
         self.step_count = step_count
 
 
-def grad_norm(store):
-    """The global L2 norm of every gradient, accumulated in float64."""
-    return math.sqrt(kernels.of(store.grad).sum_of_squares(store.grad))
-
-
-def clip_grad_norm(store, max_norm):
-    """Scale all gradients down so their global norm is at most max_norm (PyTorch's rule,
-    clip_grad_norm_); returns the norm before clipping."""
-    norm = grad_norm(store)
+def clip_grad_norm(grad, max_norm, sum_over_ranks=None):
+    """Scale the gradients `grad` (a flat buffer) down so their global norm is at most max_norm
+    (PyTorch's rule, clip_grad_norm_); returns the norm before clipping, accumulated in float64.
+    Under ZeRO-1 `grad` is this rank's shard, and sum_over_ranks adds up the shards' squares."""
+    squares = kernels.of(grad).sum_of_squares(grad)
+    if sum_over_ranks is not None:
+        squares = sum_over_ranks(squares)
+    norm = math.sqrt(squares)
     if max_norm > 0:
         coefficient = max_norm / (norm + 1e-6)
         if coefficient < 1.0:
-            store.grad *= store.grad.dtype.type(coefficient)
+            grad *= grad.dtype.type(coefficient)
     return norm

@@ -12,6 +12,7 @@ import time
 import pytest
 from helpers import MPIEXEC, assert_parameters_close, final_parameters, needs_mpiexec
 
+from engine.params import read_safetensors
 from engine.threads import threads_per_rank
 from layers.model import Decoder, ModelConfig
 
@@ -34,6 +35,41 @@ def test_two_ranks_equal_one_rank_with_the_same_global_batch(small_args, tmp_pat
     assert "(1 x 2 x 4 x 32)" in two.stdout
     assert_parameters_close(final_parameters(tmp_path / "two", 5), final_parameters(tmp_path / "one", 5), tol,
                             per_tensor=dtype == "float64")
+
+
+def final_moments(run_dir, step):
+    tensors, _ = read_safetensors(os.path.join(run_dir, f"ckpt-{step:07d}.safetensors"))
+    return {k: v for k, v in tensors.items() if k.startswith("adam_")}
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_zero_1_trains_as_zero_0(small_args, tmp_path, ranks):
+    common = small_args[:-1] + ["--max_steps=5", "--eval_interval=5", "--dtype=float64", "--batch_size=4"]
+    plain = launch(ranks, TRAIN, *common, "--zero=0", f"--out_dir={tmp_path / 'plain'}")
+    sharded = launch(ranks, TRAIN, *common, "--zero=1", f"--out_dir={tmp_path / 'sharded'}")
+    assert plain.returncode == 0, plain.stderr
+    assert sharded.returncode == 0, sharded.stderr
+    assert "(ZeRO-1)" in sharded.stdout and "(ZeRO-1)" not in plain.stdout
+    assert_parameters_close(final_parameters(tmp_path / "sharded", 5), final_parameters(tmp_path / "plain", 5), 1e-12,
+                            per_tensor=True)
+    # the checkpoint holds the whole moments, gathered from every rank's shard
+    assert_parameters_close(final_moments(tmp_path / "sharded", 5), final_moments(tmp_path / "plain", 5), 1e-12,
+                            per_tensor=True)
+
+
+@pytest.mark.parametrize("ranks, zero", [(1, 0), (3, 1)])
+def test_a_zero_1_checkpoint_resumes_on_any_rank_count_and_setting(small_args, tmp_path, ranks, zero):
+    common = small_args[:-1] + ["--max_steps=8", "--eval_interval=4", "--tokens_per_step=768", "--dtype=float64",
+                                "--batch_size=4"]
+    two = launch(2, TRAIN, *common, "--zero=1", f"--out_dir={tmp_path / 'two'}")
+    assert two.returncode == 0, two.stderr
+    (tmp_path / "resumed").mkdir()
+    shutil.copy(tmp_path / "two" / "ckpt-0000004.safetensors", tmp_path / "resumed")
+    resumed = launch(ranks, TRAIN, *common, f"--zero={zero}", f"--out_dir={tmp_path / 'resumed'}", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stdout
+    assert_parameters_close(final_parameters(tmp_path / "resumed", 8), final_parameters(tmp_path / "two", 8), 1e-12,
+                            per_tensor=True)
 
 
 def test_a_two_rank_checkpoint_resumes_on_one_rank(small_args, tmp_path):

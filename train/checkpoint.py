@@ -35,9 +35,9 @@ def step_checkpoints(out_dir):
     return sorted(found)
 
 
-def save_checkpoint(path, model, optimizer, cfg, state):
+def save_checkpoint(path, model, optimizer_tensors, cfg, state):
     tensors = model.store.state_tensors()
-    tensors.update(optimizer.state_tensors())
+    tensors.update(optimizer_tensors)
     write_safetensors(path, tensors, {"format": FORMAT, "config": cfg.to_dict(), **state})
 
 
@@ -86,12 +86,10 @@ def read_checkpoint(path, cfg):
 
 
 def load_checkpoint(path, model, optimizer, cfg):
-    """Load parameters (and AdamW moments when an optimizer is given); returns the metadata."""
+    """Load the parameters; returns (metadata, the whole AdamW moments (m, v))."""
     tensors, metadata = read_checkpoint(path, cfg)
     model.store.load_tensors(tensors, path)
-    if optimizer is not None:
-        optimizer.load_state_tensors(tensors, metadata["step"], path)
-    return metadata
+    return metadata, optimizer.moments_from_tensors(tensors, path)
 
 
 def latest_checkpoint(out_dir):

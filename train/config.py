@@ -27,6 +27,7 @@ class Config(ModelConfig):
     threads: int = 0              # CPU threads per rank (one pool); 0: the cores shared among local ranks
     comm: str = "mpi"             # gradient allreduce: "mpi", or "nccl" between GPUs
     comm_timeout: float = DEFAULT_TIMEOUT  # seconds a collective may take before the job ends
+    zero: int = 0                 # 1: ZeRO-1, AdamW's moments sharded over the ranks (llm.c's -z 1)
     tf32: bool = False            # on the GPU, float32 matrix products in TF32 (faster, ~1e-3 relative)
     # data (train/data.py)
     data: str = "stories"
@@ -99,6 +100,9 @@ def validate(cfg):
     for key, choices in CHOICES.items():
         if getattr(cfg, key) not in choices:
             raise UserError(f"config: {key} must be one of {', '.join(choices)}, got {getattr(cfg, key)!r}")
+    if cfg.zero not in (0, 1):
+        raise UserError(f"config: zero must be 0 (every rank holds all of AdamW's state) or 1 (ZeRO-1), "
+                        f"got {cfg.zero}")
     if cfg.d_model % cfg.n_head != 0:
         raise UserError(f"config: d_model ({cfg.d_model}) must be divisible by n_head ({cfg.n_head})")
     if not 0 < cfg.val_fraction < 1:

@@ -2,7 +2,8 @@
 commands, timing the model's forward or forward+backward on random tokens.
 
 fw times `model.forward(idx, targets)`, the loss included. fwbw times one training step
-without the optimizer: zero_grad, forward, backward and, under MPI, the gradient allreduce.
+without the optimizer: zero_grad, forward, backward and, under MPI, the gradient allreduce (with
+zero=1 its reduce-scatter; the parameters' all-gather belongs to the optimizer step).
 Every rank's per-iteration times are gathered to rank 0, which prints the median, min and max,
 tokens/s, the achieved GFLOP/s and the MFU against a matrix-product peak measured on the spot.
 --profile then times every layer, on iterations of their own since the timers cost time.
@@ -19,6 +20,7 @@ from engine import comm
 from engine.backend import import_cupy
 from engine.comm import GradientAllreduce
 from engine.flops import forward_flops_per_token, measure_matmul_flops, training_flops_per_token
+from engine.optim import state_bytes
 from train.cli import ArgumentParser, not_negative, parse_with_config, positive, run_main
 from train.data import random_batch
 from train.model_setup import set_up_rank
@@ -95,7 +97,8 @@ def time_model(args, cfg, prog, mode):
     xp = model.xp
     rng = np.random.default_rng([cfg.seed, world.rank])
     idx, targets = (xp.asarray(a) for a in random_batch(rng, batch_size, seq_len, cfg.vocab_size))
-    sync = GradientAllreduce(world, model.store, model.gradient_buckets(), cfg.comm) if mode == "fwbw" else None
+    sync = GradientAllreduce(world, model.store, model.gradient_buckets(), cfg.comm, cfg.zero) if mode == "fwbw" else None
+    shard = world.shard(model.store.numel) if cfg.zero else slice(0, model.store.numel)  # what AdamW would hold
 
     def forward():
         model.forward(idx, targets)
@@ -144,7 +147,8 @@ def time_model(args, cfg, prog, mode):
     result = {"command": prog, "mode": mode, "device": cfg.device, "config": args.config or "(defaults)",
               **dataclasses.asdict(model.config), "parameters": model.store.numel, "dtype": cfg.dtype,
               "batch_size": batch_size, "seq_len": seq_len, "ranks": world.world_size, "threads_per_rank": threads,
-              "warmup": args.warmup, "peak_gflops": peak_flops / 1e9, "peak_measured": not args.peak_gflops}
+              "warmup": args.warmup, "peak_gflops": peak_flops / 1e9, "peak_measured": not args.peak_gflops,
+              "zero": cfg.zero, "optimizer_state_bytes": state_bytes(shard.stop - shard.start, model.store.dtype)}
     result.update(summarise(seconds, tokens, flops_per_token, peak_flops))
     result.update({key: max(m[key] for m in memories) for key in memories[0]})  # the worst rank's
     if mode == "fwbw":
@@ -179,6 +183,8 @@ def print_table(r):
                    if r["peak_measured"] else "--peak-gflops x ranks")
     print(f"  achieved       {r['gflops']:,.1f} GFLOP/s, MFU {r['mfu']:.1%} of {r['peak_gflops']:,.1f} GFLOP/s "
           f"({peak_source})")
+    print(f"  AdamW state    {r['optimizer_state_bytes'] / 2**20:,.1f} MiB per rank"
+          + (" (ZeRO-1: moments sharded over the ranks)" if r["zero"] and r["ranks"] > 1 else ""))
     print(f"  host memory    {r['page_faults_per_iter']:,.0f} minor page faults and {r['system_ms_per_iter']:.1f} ms "
           f"of system time per iteration, peak resident {r['peak_rss_mib']:,.0f} MiB"
           + (" (the worst rank)" if r["ranks"] > 1 else ""))

@@ -79,11 +79,13 @@ def train_step(model, optimizer, batches, lr, grad_clip, sync=None):
     if sync is not None:
         sync.finish()
     loss = total_loss / len(batches)
-    norm = clip_grad_norm(model.store, grad_clip)
+    norm = clip_grad_norm(model.store.grad[optimizer.shard], grad_clip, sync.sum_over_shards if sync else None)
     if not math.isfinite(loss) or not math.isfinite(norm):
         where = first_nonfinite(model.store)
         raise NonFiniteError(f"loss {loss}" if where is None else f"gradient of {where} (loss {loss})")
     optimizer.step(lr)
+    if sync is not None:
+        sync.gather_parameters()
     return loss, norm
 
 
@@ -134,14 +136,15 @@ def load_for_resume(resume, model, optimizer, cfg, world):
     """Rank 0 reads the checkpoint and every rank receives its parameters, AdamW state and
     metadata, so a run resumes on any number of ranks, with or without a shared disk."""
     metadata = None
+    m, v = (model.xp.zeros_like(model.store.data) for _ in range(2))  # whole moments, whatever the shards
     if world.is_root:
         path = latest_checkpoint(cfg.out_dir) if resume == "latest" else resume
-        metadata = load_checkpoint(path, model, optimizer, cfg)
+        metadata, (m, v) = load_checkpoint(path, model, optimizer, cfg)
         metadata["path"] = path
     metadata = world.broadcast_object(metadata, what="the checkpoint's broadcast")
-    for array in (model.store.data, optimizer.m, optimizer.v):
+    for array in (model.store.data, m, v):
         world.broadcast_array(array, what="the checkpoint's broadcast")
-    optimizer.step_count = metadata["step"]
+    optimizer.load_moments(m, v, metadata["step"])
     return metadata
 
 
@@ -185,8 +188,8 @@ def start_or_resume(cfg, resume):
     data.check_fits(cfg.seq_len, cfg.vocab_size)
     micro_steps = micro_steps_per_step(cfg, world.world_size)
     world.broadcast_array(model.store.data, what="the parameter broadcast")
-    optimizer = AdamW(model.store, cfg.beta1, cfg.beta2, cfg.adam_eps, cfg.weight_decay)
-    sync = GradientAllreduce(world, model.store, model.gradient_buckets(), cfg.comm)
+    sync = GradientAllreduce(world, model.store, model.gradient_buckets(), cfg.comm, cfg.zero)
+    optimizer = AdamW(model.store, cfg.beta1, cfg.beta2, cfg.adam_eps, cfg.weight_decay, sync.shard)
     run = Run(cfg, world, data, model, optimizer, sync, micro_steps)
     if resume:
         metadata = load_for_resume(resume, model, optimizer, cfg, world)
@@ -222,6 +225,7 @@ def evaluate_and_save(run, step):
     if step > 0:
         run.best_val_loss = min(run.best_val_loss, val_loss)
         run.last_good = checkpoint_path(cfg.out_dir, step)
+        m, v = run.optimizer.whole_moments(run.world)  # every rank: under ZeRO-1, gathered to rank 0
     if run.world.is_root:
         append_metrics(run.metrics_path, {"step": step, "val_loss": val_loss,
                                           "val_bpb": val_loss * run.val_bits_per_token}, run.wandb_run)
@@ -229,7 +233,7 @@ def evaluate_and_save(run, step):
                     f"nano2 {cfg.n_layer}x{cfg.d_model} on {cfg.data}")
         if step > 0:
             state = {"step": step, "val_loss": val_loss, "best_val_loss": run.best_val_loss}
-            save_checkpoint(run.last_good, run.model, run.optimizer, cfg, state)
+            save_checkpoint(run.last_good, run.model, run.optimizer.state_tensors(m, v), cfg, state)
             keep_last(cfg.out_dir, cfg.keep_checkpoints)
             if val_loss == run.best_val_loss:
                 mark_best(run.last_good, cfg.out_dir)
@@ -295,7 +299,8 @@ def train(cfg, resume=None):
     if world.is_root:
         print(f"nano2: {run.model.store.numel:,} parameters, {run.tokens_per_step:,} tokens per step "
               f"({run.micro_steps} x {world.world_size} x {cfg.batch_size} x {cfg.seq_len}), {cfg.max_steps} steps, "
-              f"run folder {cfg.out_dir}")
+              f"AdamW state {run.optimizer.state_bytes / 2**20:,.1f} MiB per rank"
+              f"{' (ZeRO-1)' if run.sync.shard else ''}, run folder {cfg.out_dir}")
     if run.start == 0:
         evaluate_and_save(run, 0)
     on_terminal = world.is_root and sys.stderr.isatty()
