@@ -10,7 +10,7 @@ import textwrap
 import time
 
 import pytest
-from helpers import MPIEXEC, assert_parameters_close, final_parameters, needs_mpiexec
+from helpers import MPIEXEC, assert_parameters_close, assert_trains_like_one_process, final_parameters, needs_mpiexec
 
 from engine.params import read_safetensors
 from engine.threads import threads_per_rank
@@ -27,14 +27,9 @@ def launch(n, code, *args, timeout=120):
 
 @pytest.mark.parametrize("dtype, tol", [("float32", 1e-6), ("float64", 1e-12)])
 def test_two_ranks_equal_one_rank_with_the_same_global_batch(small_args, tmp_path, dtype, tol):
-    common = small_args[:-1] + ["--max_steps=5", "--eval_interval=5", "--tokens_per_step=256", f"--dtype={dtype}"]
-    one = launch(1, TRAIN, *common, "--batch_size=8", f"--out_dir={tmp_path / 'one'}")
-    two = launch(2, TRAIN, *common, "--batch_size=4", f"--out_dir={tmp_path / 'two'}")
-    assert one.returncode == 0, one.stderr
-    assert two.returncode == 0, two.stderr
-    assert "(1 x 2 x 4 x 32)" in two.stdout
-    assert_parameters_close(final_parameters(tmp_path / "two", 5), final_parameters(tmp_path / "one", 5), tol,
-                            per_tensor=dtype == "float64")
+    def two_ranks(command):
+        return subprocess.run([MPIEXEC, "-n", "2", *command], capture_output=True, text=True, timeout=300)
+    assert_trains_like_one_process(two_ranks, 2, small_args, tmp_path, dtype, tol)
 
 
 def final_moments(run_dir, step):

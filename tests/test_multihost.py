@@ -12,14 +12,13 @@ import sys
 import time
 
 import pytest
-from helpers import MPIEXEC, assert_parameters_close, final_parameters, needs_mpiexec
+from helpers import MPIEXEC, TRAIN, assert_trains_like_one_process, needs_mpiexec
 from multihost import LAUNCHER, TCP_ONLY, Hosts
 
 from train.checkpoint import read_checkpoint
 from train.config import load_config
 
 pytestmark = [needs_mpiexec, pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")]
-TRAIN = [sys.executable, "-c", "from train.trainer import entry; entry()"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -35,26 +34,12 @@ def one_process(args):
 
 @pytest.mark.parametrize("dtype, tol", [("float32", 1e-6), ("float64", 1e-12)])
 def test_two_hosts_train_like_one_process(two_hosts, small_args, tmp_path, dtype, tol):
-    common = small_args[:-1] + ["--max_steps=5", "--eval_interval=5", "--tokens_per_step=256", f"--dtype={dtype}"]
-    one = one_process(common + ["--batch_size=8", f"--out_dir={tmp_path / 'one'}"])
-    two = two_hosts.run(TRAIN + common + ["--batch_size=4", f"--out_dir={tmp_path / 'two'}"])
-    assert one.returncode == 0, one.stderr
-    assert two.returncode == 0, two.stderr
-    assert "(1 x 2 x 4 x 32)" in two.stdout
-    assert_parameters_close(final_parameters(tmp_path / "two", 5), final_parameters(tmp_path / "one", 5), tol,
-                            per_tensor=dtype == "float64")
+    assert_trains_like_one_process(two_hosts.run, 2, small_args, tmp_path, dtype, tol)
 
 
 def test_three_hosts_train_like_one_process(small_args, tmp_path):
-    common = small_args[:-1] + ["--max_steps=5", "--eval_interval=5", "--tokens_per_step=384", "--dtype=float64"]
-    one = one_process(common + ["--batch_size=12", f"--out_dir={tmp_path / 'one'}"])
     with Hosts(3) as hosts:
-        three = hosts.run(TRAIN + common + ["--batch_size=4", f"--out_dir={tmp_path / 'three'}"])
-    assert one.returncode == 0, one.stderr
-    assert three.returncode == 0, three.stderr
-    assert "(1 x 3 x 4 x 32)" in three.stdout
-    assert_parameters_close(final_parameters(tmp_path / "three", 5), final_parameters(tmp_path / "one", 5), 1e-12,
-                            per_tensor=True)
+        assert_trains_like_one_process(hosts.run, 3, small_args, tmp_path)
 
 
 def test_run_mpi_sh_across_two_hosts(two_hosts, small_args, tmp_path):
