@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from engine.backend import array_module, synchronize
-from engine.errors import CommTimeout, UserError
+from engine.errors import CommTimeout
 
 # Set by mpiexec/mpirun of MPICH, Intel MPI, Open MPI, and by PMIx/Slurm launchers.
 LAUNCHER_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")
@@ -242,16 +242,16 @@ class GradientAllreduce:
         self.comm_seconds = 0.0
         self.xp = store.xp
         self.shard = comm.shard(store.numel) if zero and comm.world_size > 1 else None
-        if self.shard is not None:
-            if self.xp is not np:
-                raise UserError("zero=1 runs on the CPU for now; on the GPU use zero=0")
-            self.reduced = np.empty(self.shard.stop - self.shard.start, store.dtype)
+        self.staged = None  # pinned host buffers, for an MPI that takes no device buffers
         if comm.world_size > 1 and self.xp is not np:
             self.cuda_aware = mpi_is_cuda_aware(comm.mpi)
             if kind == "nccl":
                 self.nccl = nccl_communicator(comm)
             elif not self.cuda_aware:
                 self.staged = pinned_empty(store.grad.shape, store.grad.dtype)
+        if self.shard is not None:  # where this rank receives the sums of its shard
+            size = self.shard.stop - self.shard.start
+            self.reduced = self.xp.empty(size, store.dtype) if self.staged is None else pinned_empty((size,), store.dtype)
 
     def ready(self, name):
         if self.comm.world_size == 1:
@@ -261,7 +261,7 @@ class GradientAllreduce:
         grad = self.store.grad[start:stop]
         MPI = self.comm.mpi
         if self.shard is not None:
-            self.pending.append(self.reduce_scatter(start, stop))
+            self.pending += self.reduce_scatter(start, stop)
         elif self.xp is np:
             self.pending.append(self.comm.comm.Iallreduce(MPI.IN_PLACE, grad, op=MPI.SUM))
         elif self.kind == "nccl":
@@ -285,9 +285,14 @@ class GradientAllreduce:
             self.pending = []
         average = self.store.grad.dtype.type(1.0 / self.comm.world_size)
         if self.shard is not None:
-            np.multiply(self.reduced, average, out=self.store.grad[self.shard])
+            grad = self.store.grad[self.shard]
+            if self.staged is not None:
+                grad.set(self.reduced)
+            else:
+                grad[...] = self.reduced
+            grad *= average
         else:
-            if self.xp is not np and self.kind != "nccl" and not self.cuda_aware:
+            if self.staged is not None:
                 self.store.grad.set(self.staged)
             self.store.grad *= average
         synchronize(self.xp)
@@ -295,12 +300,29 @@ class GradientAllreduce:
 
     def reduce_scatter(self, start, stop):
         """Start summing grad[start:stop] over ranks, each rank receiving the part inside its
-        shard (possibly none) into its place in self.reduced."""
+        shard (possibly none) into its place in self.reduced; the MPI requests to wait for.
+        NCCL has no reduce-scatter of uneven parts, so there each part is reduced to its owner."""
         counts, offsets = self.comm.shard_layout(self.store.numel)
-        mine = [max(0, min(stop, o + c) - max(start, o)) for c, o in zip(counts, offsets)]
+        parts = [max(0, min(stop, o + c) - max(start, o)) for c, o in zip(counts, offsets)]
         first = max(start, self.shard.start) - self.shard.start
-        received = self.reduced[first:first + mine[self.comm.rank]]
-        return self.comm.comm.Ireduce_scatter(self.store.grad[start:stop], received, mine, op=self.comm.mpi.SUM)
+        received = self.reduced[first:first + parts[self.comm.rank]]
+        grad = self.store.grad[start:stop]
+        if self.xp is not np and self.kind == "nccl":
+            from cupy.cuda import nccl
+            nccl.groupStart()
+            for owner, (count, offset) in enumerate(zip(parts, offsets)):
+                if count:
+                    part = grad[max(start, offset) - start:][:count]
+                    into = received if owner == self.comm.rank else part  # read on the owner alone
+                    self.nccl.reduce(part.data.ptr, into.data.ptr, count, nccl_dtype(part), nccl.NCCL_SUM, owner,
+                                     self.xp.cuda.get_current_stream().ptr)
+            nccl.groupEnd()
+            return []
+        if self.staged is not None:
+            grad = self.staged[start:stop]
+            self.store.grad[start:stop].get(out=grad, stream=self.xp.cuda.get_current_stream())
+        synchronize(self.xp)
+        return [self.comm.comm.Ireduce_scatter(grad, received, parts, op=self.comm.mpi.SUM)]
 
     def sum_over_shards(self, value):
         """A number summed over the ranks' shards under ZeRO-1; without it, each rank holds
@@ -309,10 +331,27 @@ class GradientAllreduce:
 
     def gather_parameters(self):
         """ZeRO-1: every rank's updated shard of the parameters, to every rank."""
-        if self.shard is not None:
-            started = time.perf_counter()
-            self.comm.allgather_shards(self.store.data)
-            self.comm_seconds += time.perf_counter() - started
+        if self.shard is None:
+            return
+        started = time.perf_counter()
+        data = self.store.data
+        if self.xp is not np and self.kind == "nccl":
+            from cupy.cuda import nccl
+            nccl.groupStart()
+            for owner, (count, offset) in enumerate(zip(*self.comm.shard_layout(data.size))):
+                part = data[offset:offset + count]
+                self.nccl.bcast(part.data.ptr, count, nccl_dtype(part), owner, self.xp.cuda.get_current_stream().ptr)
+            nccl.groupEnd()
+        elif self.staged is not None:  # the gradients are in place by now, so their buffer is free
+            data[self.shard].get(out=self.staged[self.shard], stream=self.xp.cuda.get_current_stream())
+            synchronize(self.xp)
+            self.comm.allgather_shards(self.staged)
+            data.set(self.staged)
+        else:
+            synchronize(self.xp)
+            self.comm.allgather_shards(data)
+        synchronize(self.xp)
+        self.comm_seconds += time.perf_counter() - started
 
 
 def nccl_communicator(comm):
@@ -323,10 +362,14 @@ def nccl_communicator(comm):
     return nccl.NcclCommunicator(comm.world_size, unique_id, comm.rank)
 
 
+def nccl_dtype(array):
+    from cupy.cuda import nccl
+    return {np.dtype(np.float32): nccl.NCCL_FLOAT32, np.dtype(np.float64): nccl.NCCL_FLOAT64}[array.dtype]
+
+
 def nccl_allreduce_sum(communicator, array):
     """In-place sum over ranks on the current stream (asynchronous, like every NCCL call)."""
     import cupy
     from cupy.cuda import nccl
-    dtypes = {np.dtype(np.float32): nccl.NCCL_FLOAT32, np.dtype(np.float64): nccl.NCCL_FLOAT64}
-    communicator.allReduce(array.data.ptr, array.data.ptr, array.size, dtypes[array.dtype],
+    communicator.allReduce(array.data.ptr, array.data.ptr, array.size, nccl_dtype(array),
                            nccl.NCCL_SUM, cupy.cuda.get_current_stream().ptr)

@@ -9,6 +9,7 @@ import math
 import numpy as np
 
 from engine import kernels
+from engine.backend import to_numpy
 from engine.errors import UserError
 
 
@@ -52,7 +53,8 @@ class AdamW:
         gathered from every rank's shard: every rank calls this)."""
         if self.m.size == self.store.numel:
             return self.m, self.v
-        return comm.gather_shards(self.m, self.store.numel), comm.gather_shards(self.v, self.store.numel)
+        return (comm.gather_shards(to_numpy(self.m), self.store.numel),
+                comm.gather_shards(to_numpy(self.v), self.store.numel))
 
     def state_tensors(self, m, v):
         """Whole moments as safetensors entries, under adam_m.<name> / adam_v.<name>."""
