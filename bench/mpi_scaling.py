@@ -42,8 +42,8 @@ def worker(config, steps, warmup, overrides):
     world = comm.world()
     cfg.threads = cfg.threads or 1  # one thread a rank, unless the config says otherwise: scaling over ranks
     model, _ = set_up_rank(cfg)
-    optimizer = AdamW(model.store, cfg.beta1, cfg.beta2, cfg.adam_eps, cfg.weight_decay)
-    sync = GradientAllreduce(world, model.store, model.gradient_buckets())
+    sync = GradientAllreduce(world, model.store, model.gradient_buckets(), cfg.comm, cfg.zero)
+    optimizer = AdamW(model.store, cfg.beta1, cfg.beta2, cfg.adam_eps, cfg.weight_decay, sync.shard)
     rng = np.random.default_rng(world.rank)
     batch = random_batch(rng, cfg.batch_size, cfg.seq_len, cfg.vocab_size)
     step_seconds, comm_seconds = time_steps(lambda: train_step(model, optimizer, [batch], 1e-4, 1.0, sync),
