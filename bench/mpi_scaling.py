@@ -77,7 +77,7 @@ def launch(ranks, args, hosts=None):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-RECEIVE = """import socket, sys
+RECEIVE = """import socket
 server = socket.create_server(("192.0.2.2", 5001))
 print("ready", flush=True)
 connection, _ = server.accept()

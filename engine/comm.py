@@ -8,8 +8,8 @@ straight to a CUDA-aware MPI, through pinned host memory to one that is not, or 
 """
 import atexit
 import os
+import signal
 import sys
-import threading
 import time
 
 import numpy as np
@@ -61,8 +61,10 @@ class Comm:
             local.Free()
             self.hosts = self.comm.allgather(MPI.Get_processor_name())
             self.probes = self.comm.Dup()
-            self.probe_from = np.zeros(1, np.int64)
-            self.probe = self.probes.Irecv(self.probe_from, source=MPI.ANY_SOURCE, tag=PROBE)
+            self.me = np.array([self.rank], np.int64)  # what probes and answers carry; outlives the sends
+            self.inbox = np.zeros(1, np.int64)
+            self.probe = self.probes.Irecv(self.inbox, source=MPI.ANY_SOURCE, tag=PROBE)
+            self.sent = []  # answers and probes in flight
             atexit.register(self.stop_answering)  # before mpi4py's MPI_Finalize, registered earlier
 
     def stop_answering(self):
@@ -83,17 +85,17 @@ class Comm:
                 raise CommTimeout(f"{what} did not complete in {self.timeout:g} s; {self.silent_ranks()}")
 
     def answer_probes(self):
-        while self.probe.Test():
-            self.probes.Isend(np.array([self.rank], np.int64), dest=int(self.probe_from[0]), tag=ANSWER)
-            self.probe = self.probes.Irecv(self.probe_from, source=self.mpi.ANY_SOURCE, tag=PROBE)
+        status = self.mpi.Status()
+        while self.probe.Test(status):
+            self.sent.append(self.probes.Isend(self.me, dest=status.Get_source(), tag=ANSWER))
+            self.probe = self.probes.Irecv(self.inbox, source=self.mpi.ANY_SOURCE, tag=PROBE)
+        self.sent = [request for request in self.sent if not request.Test()]
 
     def silent_ranks(self):
         """'rank 1 (host2) did not answer', from probes to every other rank and a few seconds
         for their answers (a rank waiting in any collective answers at once)."""
         peers = [r for r in range(self.world_size) if r != self.rank]
-        me = np.array([self.rank], np.int64)
-        for peer in peers:
-            self.probes.Isend(me, dest=peer, tag=PROBE)
+        self.sent += [self.probes.Isend(self.me, dest=peer, tag=PROBE) for peer in peers]
         answers = {peer: self.probes.Irecv(np.zeros(1, np.int64), source=peer, tag=ANSWER) for peer in peers}
         deadline = time.monotonic() + min(10.0, self.timeout / 2)
         while time.monotonic() < deadline and not all(request.Test() for request in answers.values()):
@@ -144,7 +146,8 @@ class Comm:
     def shard(self, numel):
         """This rank's slice of a flat buffer of numel entries (ZeRO-1): the ranks' slices are
         consecutive and differ in size by one entry at most, so none needs padding."""
-        return slice(self.rank * numel // self.world_size, (self.rank + 1) * numel // self.world_size)
+        counts, offsets = self.shard_layout(numel)
+        return slice(offsets[self.rank], offsets[self.rank] + counts[self.rank])
 
     def shard_layout(self, numel):
         """(counts, offsets) of every rank's shard, for the v-collectives."""
@@ -164,17 +167,18 @@ class Comm:
 
     def abort(self, status):
         """End every rank of the job now (a rank that raised must not leave the others waiting)."""
+        if self.world_size > 1:
+            # MPI_Abort asks the process manager to end the job. On a host cut off from it the
+            # call may fail, return or block (holding the GIL, so no Python thread could act),
+            # and so may a flush into a full pipe: the kernel's alarm ends this process anyway.
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            signal.alarm(12)
         sys.stdout.flush()
         sys.stderr.flush()
         if self.world_size > 1:
             # The launcher forwards each rank's output through a pipe and drops what is still in
             # it when the job is torn down: give it a moment, or the rank's last words are lost.
             time.sleep(1.0)
-            # MPI_Abort asks the process manager to end the job. On a host cut off from it the
-            # call may fail, return or block, so this process ends itself in any case.
-            fallback = threading.Timer(10.0, os._exit, (status,))
-            fallback.daemon = True
-            fallback.start()
             try:
                 self.comm.Abort(status)
             finally:
@@ -251,7 +255,8 @@ class GradientAllreduce:
                 self.staged = pinned_empty(store.grad.shape, store.grad.dtype)
         if self.shard is not None:  # where this rank receives the sums of its shard
             size = self.shard.stop - self.shard.start
-            self.reduced = self.xp.empty(size, store.dtype) if self.staged is None else pinned_empty((size,), store.dtype)
+            self.reduced = (self.xp.empty(size, store.dtype) if self.staged is None
+                            else pinned_empty((size,), store.dtype))
 
     def ready(self, name):
         if self.comm.world_size == 1:

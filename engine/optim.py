@@ -1,8 +1,9 @@
 """AdamW over the flat buffers, and clipping by the global gradient norm.
 
-The moments are two more flat buffers beside the parameters (or beside this rank's shard of
-them, under ZeRO-1), so the update is one pass over four arrays. Weight decay applies to matrices and the embedding only (every tensor of
-two or more dimensions), never to LayerNorm weights or biases, as in nanoGPT and GPT-2.
+The moments are two more flat buffers beside the parameters (beside this rank's shard of them,
+under ZeRO-1), so the update is one pass over four arrays. Weight decay applies to matrices and
+the embedding only (every tensor of two or more dimensions), never to LayerNorm weights or
+biases, as in nanoGPT and GPT-2.
 """
 import math
 
@@ -26,6 +27,7 @@ class AdamW:
     def __init__(self, store, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1, shard=None):
         self.store = store
         self.beta1, self.beta2, self.eps, self.weight_decay = beta1, beta2, eps, weight_decay
+        self.sharded = shard is not None  # the same on every rank, whatever its shard holds
         self.shard = shard or slice(0, store.numel)
         xp = store.xp
         size = self.shard.stop - self.shard.start
@@ -51,7 +53,7 @@ class AdamW:
     def whole_moments(self, comm):
         """(m, v) over every parameter, on rank 0 (None elsewhere under ZeRO-1, where they are
         gathered from every rank's shard: every rank calls this)."""
-        if self.m.size == self.store.numel:
+        if not self.sharded:
             return self.m, self.v
         return (comm.gather_shards(to_numpy(self.m), self.store.numel),
                 comm.gather_shards(to_numpy(self.v), self.store.numel))

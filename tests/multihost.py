@@ -7,6 +7,7 @@ ssh. MPI is held to TCP (UCX_TLS, FI_PROVIDER): UCX would otherwise reach the ot
 namespaces' processes through the one kernel's shared memory, and a cut link would cut nothing.
 
 Making namespaces needs root; where they cannot be made, `hosts` skips with the reason."""
+import contextlib
 import os
 import shlex
 import shutil
@@ -58,14 +59,21 @@ class Hosts:
             self.__exit__()
             detail = e.stderr.strip() if isinstance(e, subprocess.CalledProcessError) else str(e)
             pytest.skip(f"cannot make network namespaces here ({detail})")
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc):
         for ns in [self.namespace(h) for h in self.names] + [self.switch]:
-            for pid in self.pids(ns):  # whatever a failed test left running there
-                os.kill(pid, signal.SIGKILL)
+            self.kill_everything_in(ns)  # whatever a failed test left running there
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)  # its veth ends go with it
             shutil.rmtree(f"/etc/netns/{ns}", ignore_errors=True)
+
+    def kill_everything_in(self, ns):
+        for pid in self.pids(ns):
+            with contextlib.suppress(ProcessLookupError):  # it may have ended since it was listed
+                os.kill(pid, signal.SIGKILL)
 
     def pids(self, ns):
         listed = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout

@@ -6,7 +6,6 @@ import glob
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -113,8 +112,7 @@ def test_a_killed_host_ends_the_job(two_hosts, small_args, tmp_path):
     out_dir = tmp_path / "run"
     process = start_training(two_hosts, small_args, out_dir)
     killed = time.monotonic()
-    for pid in two_hosts.pids(two_hosts.namespace("host2")):
-        os.kill(pid, signal.SIGKILL)
+    two_hosts.kill_everything_in(two_hosts.namespace("host2"))
     output, _ = process.communicate(timeout=60)
     assert process.returncode != 0 and time.monotonic() - killed < 30, output
     assert two_hosts.ranks_on("host1") == []

@@ -111,6 +111,7 @@ def write_split(pool, tasks, n_docs, fd, name, quiet):
 def prepare_on_root(cfg, workers=None):
     """Under mpirun, one rank prepares and the others wait for it."""
     world = comm.world()
+    world.timeout = cfg.comm_timeout
     if world.is_root:
         prepare(cfg, workers)
     world.barrier("the wait for rank 0's data preparation")
