@@ -300,8 +300,24 @@ class GradientAllreduce:
             if self.staged is not None:
                 self.store.grad.set(self.staged)
             self.store.grad *= average
-        synchronize(self.xp)
+        self.synchronize("the gradient allreduce")
         self.comm_seconds += time.perf_counter() - started
+
+    def synchronize(self, what):
+        """Wait for the device's queued work; NCCL's collectives are in that queue, so there the
+        wait is bounded by comm_timeout as MPI's are, and a timed-out communicator is aborted."""
+        if self.xp is np or self.kind != "nccl":
+            synchronize(self.xp)
+            return
+        done = self.xp.cuda.Event(disable_timing=True)
+        done.record()
+        deadline = time.monotonic() + self.comm.timeout
+        while not done.done:
+            self.comm.answer_probes()
+            if time.monotonic() > deadline:
+                self.nccl.abort()
+                raise CommTimeout(f"{what} (NCCL) did not complete in {self.comm.timeout:g} s; "
+                                  f"{self.comm.silent_ranks()}")
 
     def reduce_scatter(self, start, stop):
         """Start summing grad[start:stop] over ranks, each rank receiving the part inside its
@@ -355,7 +371,7 @@ class GradientAllreduce:
         else:
             synchronize(self.xp)
             self.comm.allgather_shards(data)
-        synchronize(self.xp)
+        self.synchronize("the parameters' all-gather")
         self.comm_seconds += time.perf_counter() - started
 
 
