@@ -75,15 +75,16 @@ def assert_parameters_close(a, b, tol, per_tensor):
 TRAIN = [sys.executable, "-c", "from train.trainer import entry; entry()"]
 
 
-def assert_trains_like_one_process(run_on_ranks, ranks, small_args, tmp_path, dtype="float64", tol=1e-12):
+def assert_trains_like_one_process(run_on_ranks, ranks, small_args, tmp_path, dtype="float64", tol=1e-12, extra=()):
     """run_on_ranks(command), which runs a command on `ranks` ranks and returns its
     CompletedProcess, trains 5 steps of 4 rows a rank to the parameters one process reaches with
-    the same global batch. float32 is held over all parameters at once (assert_parameters_close)."""
+    the same global batch (`extra` config words for the ranks alone). float32 is held over all
+    parameters at once (assert_parameters_close)."""
     common = small_args[:-1] + ["--max_steps=5", "--eval_interval=5", f"--tokens_per_step={ranks * 4 * 32}",
                                 f"--dtype={dtype}"]
     one = subprocess.run(TRAIN + common + [f"--batch_size={ranks * 4}", f"--out_dir={tmp_path / 'one'}"],
                          capture_output=True, text=True, timeout=300)
-    many = run_on_ranks(TRAIN + common + ["--batch_size=4", f"--out_dir={tmp_path / 'many'}"])
+    many = run_on_ranks(TRAIN + common + ["--batch_size=4", f"--out_dir={tmp_path / 'many'}", *extra])
     assert one.returncode == 0, one.stderr
     assert many.returncode == 0, many.stderr
     assert f"(1 x {ranks} x 4 x 32)" in many.stdout

@@ -36,6 +36,10 @@ def test_two_hosts_train_like_one_process(two_hosts, small_args, tmp_path, dtype
     assert_trains_like_one_process(two_hosts.run, 2, small_args, tmp_path, dtype, tol)
 
 
+def test_two_hosts_with_zero_1_train_like_one_process(two_hosts, small_args, tmp_path):
+    assert_trains_like_one_process(two_hosts.run, 2, small_args, tmp_path, extra=["--zero=1"])
+
+
 def test_three_hosts_train_like_one_process(small_args, tmp_path):
     with Hosts(3) as hosts:
         assert_trains_like_one_process(hosts.run, 3, small_args, tmp_path)
