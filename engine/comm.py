@@ -51,6 +51,7 @@ class Comm:
         self.mpi = None
         self.rank, self.world_size, self.local_rank, self.local_size = 0, 1, 0, 1
         self.timeout = DEFAULT_TIMEOUT
+        self.cuda_aware_mpi = "auto"  # the config key of that name, set with the timeout
         if launched_by_mpi():
             from mpi4py import MPI
             self.mpi = MPI
@@ -74,6 +75,9 @@ class Comm:
     @property
     def is_root(self):
         return self.rank == 0
+
+    def takes_device_buffers(self):
+        return mpi_takes_device_buffers(self.cuda_aware_mpi, self.mpi)
 
     def wait(self, requests, what):
         """Wait for `requests` (non-blocking MPI calls), answering probes meanwhile; after
@@ -186,14 +190,27 @@ class Comm:
         sys.exit(status)
 
 
-def mpi_is_cuda_aware(MPI):
-    """Whether the MPI library takes device pointers: NANO2_MPI_CUDA_AWARE=1/0 decides if set,
-    else the library's own answer (MPI_Query_cuda_support, MPICH and Open MPI >= 5), else no."""
-    override = os.environ.get("NANO2_MPI_CUDA_AWARE")
-    if override is not None:
-        return override.strip().lower() in ("1", "true", "yes")
+def mpi_cuda_support(MPI):
+    """The MPI library's own answer to whether it takes device pointers, or None where it has
+    no way to say. mpi4py 4.1 does not wrap the query, so it is asked of the library itself:
+    MPIX_Query_cuda_support, which MPICH (4.0 on) and Open MPI (4.0 on, mpi-ext.h) export, found
+    through mpi4py's extension module, which links the library."""
     query = getattr(MPI, "Query_cuda_support", None)
-    return bool(query()) if query is not None else False
+    if query is not None:
+        return bool(query())
+    import ctypes
+    try:
+        return bool(ctypes.CDLL(MPI.__file__).MPIX_Query_cuda_support())
+    except (OSError, AttributeError):
+        return None
+
+
+def mpi_takes_device_buffers(choice, MPI):
+    """The cuda_aware_mpi config key: "yes" or "no" as said, "auto" as the library answers
+    (no, where it cannot say)."""
+    if choice == "auto":
+        return bool(mpi_cuda_support(MPI))
+    return choice == "yes"
 
 
 class host_view:
@@ -209,7 +226,7 @@ class host_view:
         if xp is np:
             return self.array
         synchronize(xp)
-        if mpi_is_cuda_aware(self.comm.mpi):
+        if self.comm.takes_device_buffers():
             return self.array
         self.staged = pinned_empty(self.array.shape, self.array.dtype)
         self.array.get(out=self.staged)
@@ -248,7 +265,7 @@ class GradientAllreduce:
         self.shard = comm.shard(store.numel) if zero and comm.world_size > 1 else None
         self.staged = None  # pinned host buffers, for an MPI that takes no device buffers
         if comm.world_size > 1 and self.xp is not np:
-            self.cuda_aware = mpi_is_cuda_aware(comm.mpi)
+            self.cuda_aware = comm.takes_device_buffers()
             if kind == "nccl":
                 self.nccl = nccl_communicator(comm)
             elif not self.cuda_aware:

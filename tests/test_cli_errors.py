@@ -33,6 +33,7 @@ BAD_CONFIGS = {
     "zero size": ({"d_ff": 0}, "d_ff must be positive"),
     "negative size": ({"seq_len": -4}, "seq_len must be positive"),
     "no time for a collective": ({"comm_timeout": 0}, "comm_timeout must be positive"),
+    "unknown CUDA-aware choice": ({"cuda_aware_mpi": "maybe"}, "cuda_aware_mpi must be one of auto, yes, no"),
     "no such ZeRO stage": ({"zero": 2}, "zero must be 0 (every rank holds all of AdamW's state) or 1"),
     "bad dtype": ({"dtype": "float16"}, "dtype must be one of"),
     "bad device": ({"device": "tpu"}, "device must be one of"),

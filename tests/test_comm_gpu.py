@@ -1,7 +1,6 @@
 """The gradient allreduce, and ZeRO-1's reduce-scatter and all-gather, on device buffers: staged
 through pinned host memory, straight to a CUDA-aware MPI, and through NCCL. Runs only where
 CuPy sees a GPU (the MPI paths let two ranks share one GPU; NCCL needs two)."""
-import os
 import subprocess
 import sys
 import textwrap
@@ -20,6 +19,7 @@ SCRIPT = textwrap.dedent("""
     from engine.comm import GradientAllreduce
     from layers.model import Decoder, ModelConfig
     world = comm.world()
+    world.cuda_aware_mpi = "{cuda_aware}"
     cupy.cuda.Device(world.local_rank % cupy.cuda.runtime.getDeviceCount()).use()
     model = Decoder(ModelConfig(64, 16, 2, 2, 32, 8), np.float32, cupy)
     store = model.store
@@ -47,19 +47,20 @@ SCRIPT = textwrap.dedent("""
 
 def cuda_aware_mpi():
     from mpi4py import MPI
-    query = getattr(MPI, "Query_cuda_support", None)
-    return bool(query and query())
+
+    from engine.comm import mpi_cuda_support
+    return bool(mpi_cuda_support(MPI))
 
 
 @pytest.mark.parametrize("zero", [0, 1])
-@pytest.mark.parametrize("kind, cuda_aware", [("mpi", "0"), ("mpi", "1"), ("nccl", "0")])
+@pytest.mark.parametrize("kind, cuda_aware", [("mpi", "no"), ("mpi", "yes"), ("nccl", "no")])
 def test_device_collectives(zero, kind, cuda_aware):
-    if cuda_aware == "1" and not cuda_aware_mpi():
+    if cuda_aware == "yes" and not cuda_aware_mpi():
         pytest.skip("this MPI library does not report CUDA support")
     if kind == "nccl" and cupy.cuda.runtime.getDeviceCount() < 2:
         pytest.skip("NCCL refuses two ranks on one GPU (ncclInvalidUsage: duplicate GPU)")
-    env = dict(os.environ, NANO2_MPI_CUDA_AWARE=cuda_aware)
-    result = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-c", SCRIPT.format(kind=kind, zero=zero)],
-                            capture_output=True, text=True, timeout=120, env=env)
+    script = SCRIPT.format(kind=kind, zero=zero, cuda_aware=cuda_aware)
+    result = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count(" ok") == 2

@@ -184,3 +184,24 @@ def test_run_mpi_counts_ranks_from_the_hosts(tmp_path, hosts, expected):
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "argv").read_text().strip() == f"{expected.replace('HOSTFILE', str(hostfile))} " \
                                                       f"{os.path.join('.venv', 'bin', 'nano2_train')}"
+
+
+def test_whether_mpi_takes_device_buffers_is_the_config_s_choice_or_the_library_s_answer():
+    # The library's answer, asked as nano2 asks it: the mpich wheel here is built without CUDA.
+    code = "from mpi4py import MPI; from engine.comm import mpi_cuda_support; print(mpi_cuda_support(MPI))"
+    answer = launch(1, code)
+    assert answer.returncode == 0, answer.stderr
+    assert answer.stdout.strip() == "False", "MPICH exports MPIX_Query_cuda_support, so there is an answer"
+    from engine.comm import mpi_cuda_support, mpi_takes_device_buffers
+
+    class Silent:  # neither the bindings nor the library (here a file that is no library) can say
+        __file__ = __file__
+
+    assert mpi_cuda_support(Silent()) is None and not mpi_takes_device_buffers("auto", Silent())
+
+    class Says:  # an MPI library whose bindings wrap the query (mpi4py >= 4.2, MPI 5)
+        def __init__(self, supported):
+            self.Query_cuda_support = lambda: supported
+
+    assert mpi_takes_device_buffers("auto", Says(True)) and not mpi_takes_device_buffers("auto", Says(False))
+    assert mpi_takes_device_buffers("yes", Says(False)) and not mpi_takes_device_buffers("no", Says(True))

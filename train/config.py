@@ -28,6 +28,7 @@ class Config(ModelConfig):
     comm: str = "mpi"             # gradient allreduce: "mpi", or "nccl" between GPUs
     comm_timeout: float = DEFAULT_TIMEOUT  # seconds a collective may take before the job ends
     zero: int = 0                 # 1: ZeRO-1, AdamW's moments sharded over the ranks (llm.c's -z 1)
+    cuda_aware_mpi: str = "auto"  # whether MPI takes GPU buffers: "auto" (the library's answer), "yes", "no"
     tf32: bool = False            # on the GPU, float32 matrix products in TF32 (faster, ~1e-3 relative)
     # data (train/data.py)
     data: str = "stories"
@@ -64,8 +65,8 @@ FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Config)}
 POSITIVE = ("vocab_size", "d_model", "n_layer", "n_head", "d_ff", "seq_len", "batch_size", "num_stories",
             "max_steps", "lr", "comm_timeout", "eval_interval", "eval_iters", "log_interval", "keep_checkpoints")
 NON_NEGATIVE = ("seed", "threads", "min_lr", "warmup_steps", "weight_decay", "adam_eps", "grad_clip", "tokens_per_step")
-CHOICES = {"dtype": tuple(DTYPES), "device": DEVICES, "comm": COMM_KINDS, "tokenizer": tuple(TOKENIZERS),
-           "wandb_mode": ("offline", "online", "disabled")}
+CHOICES = {"dtype": tuple(DTYPES), "device": DEVICES, "comm": COMM_KINDS, "cuda_aware_mpi": ("auto", "yes", "no"),
+           "tokenizer": tuple(TOKENIZERS), "wandb_mode": ("offline", "online", "disabled")}
 
 
 def typed_value(key, value, source):

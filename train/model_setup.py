@@ -10,9 +10,9 @@ from layers.model import Decoder, init_parameters
 
 def set_up_rank(cfg, dtype=None):
     """(model, threads) for this rank: its CPU threads (cfg.threads, or the machine's cores
-    shared among its ranks) and the bound on its collectives (cfg.comm_timeout) set, then
-    build_model."""
-    world().timeout = cfg.comm_timeout
+    shared among its ranks), the bound on its collectives (cfg.comm_timeout) and whether its
+    MPI takes device buffers (cfg.cuda_aware_mpi) set, then build_model."""
+    world().timeout, world().cuda_aware_mpi = cfg.comm_timeout, cfg.cuda_aware_mpi
     threads = cfg.threads or threads_per_rank(world().local_size)
     set_threads(threads)
     return build_model(cfg, dtype), threads
