@@ -66,6 +66,7 @@ class Comm:
             self.inbox = np.zeros(1, np.int64)
             self.probe = self.probes.Irecv(self.inbox, source=MPI.ANY_SOURCE, tag=PROBE)
             self.sent = []  # answers and probes in flight
+            self.probe_status = MPI.Status()
             atexit.register(self.stop_answering)  # before mpi4py's MPI_Finalize, registered earlier
 
     def stop_answering(self):
@@ -89,11 +90,11 @@ class Comm:
                 raise CommTimeout(f"{what} did not complete in {self.timeout:g} s; {self.silent_ranks()}")
 
     def answer_probes(self):
-        status = self.mpi.Status()
-        while self.probe.Test(status):
-            self.sent.append(self.probes.Isend(self.me, dest=status.Get_source(), tag=ANSWER))
+        while self.probe.Test(self.probe_status):
+            self.sent.append(self.probes.Isend(self.me, dest=self.probe_status.Get_source(), tag=ANSWER))
             self.probe = self.probes.Irecv(self.inbox, source=self.mpi.ANY_SOURCE, tag=PROBE)
-        self.sent = [request for request in self.sent if not request.Test()]
+        if self.sent:
+            self.sent = [request for request in self.sent if not request.Test()]
 
     def silent_ranks(self):
         """'rank 1 (host2) did not answer', from probes to every other rank and a few seconds
@@ -164,6 +165,14 @@ class Comm:
         counts, offsets = self.shard_layout(numel)
         self.wait([self.comm.Igatherv(shard, [whole, (counts, offsets)] if self.is_root else None, root=0)], what)
         return whole
+
+    def scatter_shards(self, whole, size, dtype, what="the optimizer state's scatter"):
+        """Rank 0's `whole` (a host array; None elsewhere) handed out: each rank's shard, of
+        `size` entries, as a host array."""
+        shard = np.empty(size, dtype)
+        layout = self.shard_layout(whole.size) if self.is_root else None
+        self.wait([self.comm.Iscatterv([whole, layout] if self.is_root else None, shard, root=0)], what)
+        return shard
 
     def allgather_shards(self, whole, what="the parameters' all-gather"):
         """Fill every rank's copy of `whole` with the shards the other ranks hold of it."""
@@ -263,6 +272,7 @@ class GradientAllreduce:
         self.comm_seconds = 0.0
         self.xp = store.xp
         self.shard = comm.shard(store.numel) if zero and comm.world_size > 1 else None
+        self.layout = comm.shard_layout(store.numel)  # (counts, offsets) of every rank's shard
         self.staged = None  # pinned host buffers, for an MPI that takes no device buffers
         if comm.world_size > 1 and self.xp is not np:
             self.cuda_aware = comm.takes_device_buffers()
@@ -310,9 +320,9 @@ class GradientAllreduce:
             grad = self.store.grad[self.shard]
             if self.staged is not None:
                 grad.set(self.reduced)
+                grad *= average
             else:
-                grad[...] = self.reduced
-            grad *= average
+                self.xp.multiply(self.reduced, average, out=grad)
         else:
             if self.staged is not None:
                 self.store.grad.set(self.staged)
@@ -340,7 +350,7 @@ class GradientAllreduce:
         """Start summing grad[start:stop] over ranks, each rank receiving the part inside its
         shard (possibly none) into its place in self.reduced; the MPI requests to wait for.
         NCCL has no reduce-scatter of uneven parts, so there each part is reduced to its owner."""
-        counts, offsets = self.comm.shard_layout(self.store.numel)
+        counts, offsets = self.layout
         parts = [max(0, min(stop, o + c) - max(start, o)) for c, o in zip(counts, offsets)]
         first = max(start, self.shard.start) - self.shard.start
         received = self.reduced[first:first + parts[self.comm.rank]]
@@ -376,7 +386,7 @@ class GradientAllreduce:
         if self.xp is not np and self.kind == "nccl":
             from cupy.cuda import nccl
             nccl.groupStart()
-            for owner, (count, offset) in enumerate(zip(*self.comm.shard_layout(data.size))):
+            for owner, (count, offset) in enumerate(zip(*self.layout)):
                 part = data[offset:offset + count]
                 self.nccl.bcast(part.data.ptr, count, nccl_dtype(part), owner, self.xp.cuda.get_current_stream().ptr)
             nccl.groupEnd()

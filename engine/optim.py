@@ -73,17 +73,23 @@ class AdamW:
             if any(tuple(getattr(tensors.get(f"{moment}.{name}"), "shape", ())) != tuple(shape)
                    for moment in ("adam_m", "adam_v")):
                 raise UserError(f"{source} has no usable AdamW state for {name}; it cannot resume training")
-        xp = self.store.xp
-        m, v = xp.zeros_like(self.store.data), xp.zeros_like(self.store.data)
+        m, v = (np.zeros(self.store.numel, self.store.dtype) for _ in range(2))  # on the host, as read
         for name in self.store.shapes:
-            self.store.view(m, name)[...] = xp.asarray(tensors[f"adam_m.{name}"])
-            self.store.view(v, name)[...] = xp.asarray(tensors[f"adam_v.{name}"])
+            self.store.view(m, name)[...] = tensors[f"adam_m.{name}"]
+            self.store.view(v, name)[...] = tensors[f"adam_v.{name}"]
         return m, v
 
-    def load_moments(self, m, v, step_count):
-        """Take this rank's shard of the whole moments (m, v)."""
-        self.m[...] = m[self.shard]
-        self.v[...] = v[self.shard]
+    def load_whole_moments(self, m, v, step_count, comm):
+        """Rank 0's whole moments (host arrays m and v; None on the other ranks) into every
+        rank's: broadcast, or under ZeRO-1 scattered, so each rank receives its shard alone.
+        Every rank calls this."""
+        for mine, whole in ((self.m, m), (self.v, v)):
+            if self.sharded:
+                mine[...] = self.store.xp.asarray(comm.scatter_shards(whole, mine.size, mine.dtype))
+            else:
+                if comm.is_root:
+                    mine[...] = self.store.xp.asarray(whole)
+                comm.broadcast_array(mine, what="the checkpoint's broadcast")
         self.step_count = step_count
 
 

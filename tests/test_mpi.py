@@ -205,3 +205,23 @@ def test_whether_mpi_takes_device_buffers_is_the_config_s_choice_or_the_library_
 
     assert mpi_takes_device_buffers("auto", Says(True)) and not mpi_takes_device_buffers("auto", Says(False))
     assert mpi_takes_device_buffers("yes", Says(False)) and not mpi_takes_device_buffers("no", Says(True))
+
+
+@pytest.mark.parametrize("zero, said", [(0, "non-finite gradient of ln_f.weight"), (1, "non-finite gradient norm nan")])
+def test_a_nan_gradient_on_one_rank_stops_every_rank_saying_where(small_args, zero, said):
+    # Under ZeRO-1 rank 0 holds no part of ln_f's averaged gradient: it can name the norm only.
+    code = textwrap.dedent(f"""
+        import numpy as np
+        from engine import comm
+        from layers.model import Decoder
+        real = Decoder.backward
+        def nan_on_rank_1(self, *args, **kwargs):
+            if comm.world().rank == 1:
+                self.store.grads["ln_f.weight"][0] = np.nan
+            return real(self, *args, **kwargs)
+        Decoder.backward = nan_on_rank_1
+        {TRAIN}
+    """)
+    result = launch(2, code, *small_args, "--max_steps=3", "--eval_interval=3", f"--zero={zero}", timeout=60)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert f"nano2_train: step 1: {said}" in result.stderr, result.stderr[-3000:]

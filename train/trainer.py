@@ -53,11 +53,14 @@ def micro_steps_per_step(cfg, world_size=1):
     return cfg.tokens_per_step // per_micro_step
 
 
-def first_nonfinite(store):
-    """The first tensor in backward order (last layer first) whose gradient is not finite:
+def first_nonfinite(store, shard):
+    """The first tensor in backward order (last layer first) whose gradient is not finite in
+    `shard`, the part of the buffer this rank's optimizer reads (all of it but under ZeRO-1):
     where the NaN or Inf was born, since backward carries it on into every earlier layer."""
-    for name, grad in reversed(store.grads.items()):
-        if not bool(store.xp.isfinite(grad).all()):
+    for name in reversed(store.shapes):
+        span = store.span(name)
+        part = store.grad[max(span.start, shard.start):min(span.stop, shard.stop)]
+        if part.size and not bool(store.xp.isfinite(part).all()):
             return name
     return None
 
@@ -81,8 +84,11 @@ def train_step(model, optimizer, batches, lr, grad_clip, sync=None):
     loss = total_loss / len(batches)
     norm = clip_grad_norm(model.store.grad[optimizer.shard], grad_clip, sync.sum_over_shards if sync else None)
     if not math.isfinite(loss) or not math.isfinite(norm):
-        where = first_nonfinite(model.store)
-        raise NonFiniteError(f"loss {loss}" if where is None else f"gradient of {where} (loss {loss})")
+        where = first_nonfinite(model.store, optimizer.shard)
+        if where is not None:
+            raise NonFiniteError(f"gradient of {where} (loss {loss})")
+        # under ZeRO-1, a gradient outside this rank's shard: the norm says so on every rank
+        raise NonFiniteError(f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {norm} (loss {loss})")
     optimizer.step(lr)
     if sync is not None:
         sync.gather_parameters()
@@ -135,16 +141,14 @@ class StopRequest:
 def load_for_resume(resume, model, optimizer, cfg, world):
     """Rank 0 reads the checkpoint and every rank receives its parameters, AdamW state and
     metadata, so a run resumes on any number of ranks, with or without a shared disk."""
-    metadata = None
-    m, v = (model.xp.zeros_like(model.store.data) for _ in range(2))  # whole moments, whatever the shards
+    metadata = m = v = None
     if world.is_root:
         path = latest_checkpoint(cfg.out_dir) if resume == "latest" else resume
         metadata, (m, v) = load_checkpoint(path, model, optimizer, cfg)
         metadata["path"] = path
     metadata = world.broadcast_object(metadata, what="the checkpoint's broadcast")
-    for array in (model.store.data, m, v):
-        world.broadcast_array(array, what="the checkpoint's broadcast")
-    optimizer.load_moments(m, v, metadata["step"])
+    world.broadcast_array(model.store.data, what="the checkpoint's broadcast")
+    optimizer.load_whole_moments(m, v, metadata["step"], world)
     return metadata
 
 
