@@ -1,5 +1,4 @@
 """Backend selection, the array module of an array, and the dtype policy."""
-import os
 
 import numpy as np
 
@@ -21,11 +20,19 @@ def get_array_module(device, tf32=False, local_rank=0):
         return np
     if device != "gpu":
         raise UserError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
-    if tf32:
-        os.environ["CUPY_TF32"] = "1"  # read when CuPy makes its cuBLAS handle
     cupy = import_cupy("use --device=cpu")
     cupy.cuda.Device(local_rank % cupy.cuda.runtime.getDeviceCount()).use()
+    set_tf32(cupy, tf32)
     return cupy
+
+
+def set_tf32(cupy, tf32):
+    """Every float32 product in TF32 or in plain FP32, from now on. CuPy reads CUPY_TF32 once, at
+    its first float32 product, so the environment variable cannot switch it later; its compute
+    type can (CuPy's own tests set it so). Every product nano2 makes is 2-D, (rows, d) @ W with
+    W or Wᵀ handed to cuBLAS as it lies, so this reaches all of them, the tied head included."""
+    from cupy._core import _routines_linalg as linalg
+    linalg.set_compute_type(np.float32, linalg.COMPUTE_TYPE_TF32 if tf32 else linalg.COMPUTE_TYPE_DEFAULT)
 
 
 def import_cupy(instead):
@@ -61,6 +68,14 @@ def resolve_dtype(name):
         return DTYPES[name]
     except KeyError:
         raise UserError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}") from None
+
+
+def host_floats(*values):
+    """Python floats of device scalars (0-d arrays) in one transfer, so one wait for the device."""
+    xp = array_module(values[0])
+    if xp is np:
+        return [float(v) for v in values]
+    return xp.stack([xp.asarray(v, dtype=xp.float64) for v in values]).get().tolist()
 
 
 def to_numpy(x):

@@ -5,8 +5,6 @@ under ZeRO-1), so the update is one pass over four arrays. Weight decay applies 
 the embedding only (every tensor of two or more dimensions), never to LayerNorm weights or
 biases, as in nanoGPT and GPT-2.
 """
-import math
-
 import numpy as np
 
 from engine import kernels
@@ -93,16 +91,11 @@ class AdamW:
         self.step_count = step_count
 
 
-def clip_grad_norm(grad, max_norm, sum_over_ranks=None):
-    """Scale the gradients `grad` (a flat buffer) down so their global norm is at most max_norm
-    (PyTorch's rule, clip_grad_norm_); returns the norm before clipping, accumulated in float64.
-    Under ZeRO-1 `grad` is this rank's shard, and sum_over_ranks adds up the shards' squares."""
-    squares = kernels.of(grad).sum_of_squares(grad)
-    if sum_over_ranks is not None:
-        squares = sum_over_ranks(squares)
-    norm = math.sqrt(squares)
+def clip_grad_norm(grad, max_norm, norm):
+    """Scale the gradients `grad` (a flat buffer, or this rank's shard of it under ZeRO-1) down
+    so that their global norm, `norm` (from kernels' sum_of_squares, over every shard), is at
+    most max_norm: PyTorch's rule, clip_grad_norm_."""
     if max_norm > 0:
         coefficient = max_norm / (norm + 1e-6)
         if coefficient < 1.0:
             grad *= grad.dtype.type(coefficient)
-    return norm

@@ -11,12 +11,13 @@ from engine import kernels
 
 
 def embedding_forward(idx, w, scale):
-    return scale * w[idx], (idx, w.shape, scale)
+    return scale * w[idx], (idx, scale)
 
 
-def embedding_backward(dy, cache):
-    idx, shape, scale = cache
-    return kernels.of(dy).embedding_backward(dy, idx, shape[0], scale)
+def embedding_backward(dy, cache, dw):
+    """Adds E's gradient from the lookup into dw, the gradient buffer itself."""
+    idx, scale = cache
+    kernels.of(dy).embedding_backward(dy, idx, scale, dw)
 
 
 def tied_head_forward(h, w):
@@ -50,7 +51,7 @@ class TokenEmbedding:
         return y
 
     def backward(self, dy):
-        self.weight_grad += embedding_backward(dy, self.cache)
+        embedding_backward(dy, self.cache, self.weight_grad)
 
 
 class TiedHead:

@@ -85,4 +85,4 @@ def test_gpu_timing_commands(prog, iterations, capsys):
 
 def test_sum_of_squares_kernel():
     x = np.random.default_rng(4).standard_normal(100_003).astype(np.float32)
-    assert gpu.sum_of_squares(cp.asarray(x)) == pytest.approx(reference.sum_of_squares(x), rel=1e-6)
+    assert float(gpu.sum_of_squares(cp.asarray(x))) == pytest.approx(reference.sum_of_squares(x), rel=1e-6)

@@ -104,3 +104,28 @@ def test_initial_loss_is_near_uniform():
     idx, targets = random_batch(np.random.default_rng(0), 4, 32, 256)
     _, loss = model.forward(idx, targets)
     assert float(loss) == pytest.approx(math.log(256), rel=0.05)
+
+
+def test_every_matrix_product_is_two_dimensional_and_needs_no_copy(monkeypatch):
+    """cuBLAS (through CuPy) takes a 2-D product's operands as they lie, C- or F-ordered (a
+    transposed weight included), and in the compute type --tf32 sets; a product of more
+    dimensions goes to a batched call in the default math mode, after copying its operands.
+    So every product of a training step must be 2-D, on operands either way contiguous."""
+    from engine.kernels import cpu
+    operands = []
+
+    def recording(function):
+        def record(*args):
+            operands.extend((function.__name__, a) for a in args if a is not None and a.ndim > 1)
+            return function(*args)
+        return record
+
+    monkeypatch.setattr(cpu, "matmul", recording(cpu.matmul))
+    monkeypatch.setattr(cpu, "linear_backward", recording(cpu.linear_backward))
+    model = small_model()
+    model.forward(*random_batch(np.random.default_rng(2), 2, 6, SMALL["vocab_size"]))
+    model.backward()
+    # 4 linears a block (2 operands forward, 3 backward), the head's 3 products
+    assert len(operands) == (2 + 3) * 4 * SMALL["n_layer"] + 3 * 2, "a product went another way"
+    for name, a in operands:
+        assert a.ndim == 2 and (a.flags.c_contiguous or a.flags.f_contiguous), (name, a.shape, a.strides)

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from engine import comm
+from engine import comm, kernels
+from engine.backend import host_floats
 from engine.comm import GradientAllreduce
 from engine.errors import CommTimeout, UserError
 from engine.flops import measure_matmul_flops, training_flops_per_token
@@ -73,16 +74,19 @@ def train_step(model, optimizer, batches, lr, grad_clip, sync=None):
     Returns (this rank's mean loss, gradient norm before clipping); raises NonFiniteError,
     leaving the parameters untouched, if the loss or any gradient is NaN or infinite."""
     model.store.zero_grad()
-    total_loss = 0.0
+    losses = []
     for i, (idx, targets) in enumerate(batches):
-        _, loss = model.forward(idx, targets)
+        losses.append(model.forward(idx, targets)[1])
         last = i == len(batches) - 1
         model.backward(1.0 / len(batches), sync.ready if sync is not None and last else None)
-        total_loss += float(loss)
     if sync is not None:
         sync.finish()
-    loss = total_loss / len(batches)
-    norm = clip_grad_norm(model.store.grad[optimizer.shard], grad_clip, sync.sum_over_shards if sync else None)
+    grad = model.store.grad[optimizer.shard]
+    # The step's one wait for the device: the losses and the gradient's squares read together.
+    *losses, squares = host_floats(*losses, kernels.of(grad).sum_of_squares(grad))
+    loss = sum(losses) / len(batches)
+    norm = math.sqrt(sync.sum_over_shards(squares) if sync is not None else squares)
+    clip_grad_norm(grad, grad_clip, norm)
     if not math.isfinite(loss) or not math.isfinite(norm):
         where = first_nonfinite(model.store, optimizer.shard)
         if where is not None:

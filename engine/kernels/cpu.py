@@ -402,10 +402,8 @@ def scatter_add_rows(dw, idx, dy, scale):
             row[i] += scale * dy[n, i]
 
 
-def embedding_backward(dy, idx, vocab_size, scale):
-    dw = np.zeros((vocab_size, dy.shape[-1]), dtype=dy.dtype)
+def embedding_backward(dy, idx, scale, dw):
     scatter_add_rows(dw, idx.reshape(-1), dy.reshape(-1, dy.shape[-1]), scale)
-    return dw
 
 
 @numba.njit(parallel=True, cache=True, fastmath=FAST)

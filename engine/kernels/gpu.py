@@ -1,7 +1,8 @@
 """The GPU backend's kernels, for CuPy arrays: attention and softmax cross-entropy are the CUDA
 sources in engine/kernels/cuda/ (compiled by CuPy's NVRTC on first use), launched with the
-geometry of engine/kernels/launch.py; LayerNorm and GELU are reference.py's composed CuPy calls;
-the embedding's scatter-add is cupyx's; AdamW is one fused elementwise kernel.
+geometry of engine/kernels/launch.py, and so are LayerNorm and GELU (one fused kernel each way
+in place of reference.py's chains of CuPy calls); the embedding's scatter-add is cupyx's; AdamW
+is one fused elementwise kernel.
 Every function here mirrors the one of the same name in cpu.py."""
 import functools
 import math
@@ -84,16 +85,60 @@ def softmax_xent_backward(dlosses, logits, lse, targets):
 
 matmul = reference.matmul
 linear_backward = reference.linear_backward
-layernorm_forward = reference.layernorm_forward
-layernorm_backward = reference.layernorm_backward
-gelu_forward = reference.gelu_forward
-gelu_backward = reference.gelu_backward
 
 
-def embedding_backward(dy, idx, vocab_size, scale):
-    dw = cp.zeros((vocab_size, dy.shape[-1]), dtype=dy.dtype)
+def typed_kernel(source, name, dtype):
+    """The instantiation of a kernel templated on its float type alone, such as `gelu_forward<float>`."""
+    return cuda_function(source, f"{name}<{TYPE_NAMES[np.dtype(dtype)]}>")
+
+
+def layernorm_forward(x, w, b, eps=1e-5):
+    d = x.shape[-1]
+    rows = cp.ascontiguousarray(x).reshape(-1, d)
+    n = rows.shape[0]
+    y, mean, rstd = cp.empty_like(rows), cp.empty(n, x.dtype), cp.empty(n, x.dtype)
+    grid, block = launch.layernorm_geometry(n)
+    w, b = (cp.ascontiguousarray(a, dtype=x.dtype) for a in (w, b))
+    typed_kernel("layernorm.cu", "layernorm_forward", x.dtype)(
+        grid, block, (rows, w, b, y, mean, rstd, np.int32(n), np.int32(d), x.dtype.type(eps)))
+    return y.reshape(x.shape), mean.reshape(x.shape[:-1]), rstd.reshape(x.shape[:-1])
+
+
+def layernorm_backward(dy, x, mean, rstd, w):
+    """dx from the kernel; dw and db as the sum of its per-block partial rows (layernorm.cu says why)."""
+    d = x.shape[-1]
+    rows = cp.ascontiguousarray(x).reshape(-1, d)
+    n = rows.shape[0]
+    dy, mean, rstd, w = (cp.ascontiguousarray(a, dtype=x.dtype) for a in (dy, mean, rstd, w))
+    grid, block = launch.layernorm_geometry(n)
+    dx, partials = cp.empty_like(rows), cp.empty((2, grid[0], d), x.dtype)
+    typed_kernel("layernorm.cu", "layernorm_backward", x.dtype)(
+        grid, block, (dy, rows, mean, rstd, w, dx, partials[0], partials[1], np.int32(n), np.int32(d)))
+    dw, db = partials.sum(axis=1)
+    return dx.reshape(x.shape), dw, db
+
+
+def gelu_forward(x):
+    x = cp.ascontiguousarray(x)
+    y = cp.empty_like(x)
+    grid, block = launch.gelu_geometry(x.size)
+    typed_kernel("gelu.cu", "gelu_forward", x.dtype)(grid, block, (x, y, np.int64(x.size)))
+    return y
+
+
+def gelu_backward(dy, x):
+    x = cp.ascontiguousarray(x)
+    dx = cp.empty_like(x)
+    grid, block = launch.gelu_geometry(x.size)
+    typed_kernel("gelu.cu", "gelu_backward", x.dtype)(
+        grid, block, (cp.ascontiguousarray(dy, dtype=x.dtype), x, dx, np.int64(x.size)))
+    return dx
+
+
+def embedding_backward(dy, idx, scale, dw):
+    """reference.embedding_backward: atomic adds straight into the gradient, which at gpt2-small
+    size spares a zero-filled (V, d) buffer (154 MB) and a pass adding it in."""
     cupyx.scatter_add(dw, idx.reshape(-1), scale * dy.reshape(-1, dy.shape[-1]))
-    return dw
 
 
 _sum_of_squares = cp.ReductionKernel("T x", "float64 total", "(double)x * (double)x", "a + b", "total = a", "0",
@@ -101,8 +146,9 @@ _sum_of_squares = cp.ReductionKernel("T x", "float64 total", "(double)x * (doubl
 
 
 def sum_of_squares(x):
-    """reference.sum_of_squares, reduced on the device in float64 without a float64 copy."""
-    return float(_sum_of_squares(x))
+    """reference.sum_of_squares, reduced on the device in float64 without a float64 copy; a 0-d
+    device array, so the caller decides when to wait for it."""
+    return _sum_of_squares(x)
 
 
 _adamw = cp.ElementwiseKernel(

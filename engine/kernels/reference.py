@@ -99,11 +99,10 @@ def gelu_backward(dy, x):
     return dy * (0.5 * (1.0 + tanh_u) + 0.5 * x * (1.0 - tanh_u * tanh_u) * du_dx)
 
 
-def embedding_backward(dy, idx, vocab_size, scale):
-    """d E for y = scale · E[idx]: each row of dy, scaled, added into its token's row."""
-    dw = np.zeros((vocab_size, dy.shape[-1]), dtype=dy.dtype)
+def embedding_backward(dy, idx, scale, dw):
+    """d E for y = scale · E[idx], added into the gradient dw (V, d) in place: each row of dy,
+    scaled, into its token's row (a token seen twice receives both)."""
     np.add.at(dw, idx.reshape(-1), scale * dy.reshape(-1, dy.shape[-1]))
-    return dw
 
 
 def softmax_xent_forward(logits, targets):
