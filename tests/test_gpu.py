@@ -47,6 +47,46 @@ def test_softmax_xent_kernels(dtype, rows, vocab):
     assert kernel_error(dlogits, expected, np.linalg.norm(dlosses)) <= KERNEL_TOLERANCE[dtype]
 
 
+def float64(*arrays):
+    """Host float64 copies: the reference then gives the exact answer to the kernels' own inputs."""
+    return [cp.asnumpy(a).astype(np.float64) for a in arrays]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 33), (2, 37, 768), (5, 4096),
+                                   (9000, 100),  # more row groups than blocks: the blocks take several each
+                                   (8, 1024, 768)])  # gpt2-small's
+def test_layernorm_kernels(dtype, shape):
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
+    w, b = (rng.standard_normal(shape[-1]).astype(dtype) for _ in range(2))
+    dy = rng.standard_normal(shape).astype(dtype)
+    forward = gpu.layernorm_forward(cp.asarray(x), cp.asarray(w), cp.asarray(b), 1e-5)
+    for got, want in zip(forward, reference.layernorm_forward(*float64(x, w, b), 1e-5)):
+        assert got.dtype == dtype and got.shape == want.shape
+        assert kernel_error(got, want) <= KERNEL_TOLERANCE[dtype]
+    _, mean, rstd = forward
+    grads = gpu.layernorm_backward(cp.asarray(dy), cp.asarray(x), mean, rstd, cp.asarray(w))
+    for got, want in zip(grads, reference.layernorm_backward(*float64(dy, x, mean, rstd, w))):
+        assert got.dtype == dtype and got.shape == want.shape
+        assert kernel_error(got, want) <= KERNEL_TOLERANCE[dtype]
+    again = gpu.layernorm_backward(cp.asarray(dy), cp.asarray(x), mean, rstd, cp.asarray(w))
+    assert all(cp.array_equal(a, b) for a, b in zip(grads, again))  # no atomics: the same bits every run
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1,), (3, 333), (2, 1024, 3072)])  # the last: several values a thread
+def test_gelu_kernels(dtype, shape):
+    rng = np.random.default_rng(5)
+    x, dy = (rng.standard_normal(shape) * 3).astype(dtype), rng.standard_normal(shape).astype(dtype)
+    y = gpu.gelu_forward(cp.asarray(x))
+    assert y.dtype == dtype and y.shape == x.shape
+    assert kernel_error(y, reference.gelu_forward(*float64(x))) <= KERNEL_TOLERANCE[dtype]
+    dx = gpu.gelu_backward(cp.asarray(dy), cp.asarray(x))
+    assert dx.dtype == dtype and dx.shape == x.shape
+    assert kernel_error(dx, reference.gelu_backward(*float64(dy, x))) <= KERNEL_TOLERANCE[dtype]
+
+
 def test_adamw_kernel():
     rng = np.random.default_rng(2)
     p, g, m, v = (rng.standard_normal(1000) for _ in range(4))
@@ -86,3 +126,31 @@ def test_gpu_timing_commands(prog, iterations, capsys):
 def test_sum_of_squares_kernel():
     x = np.random.default_rng(4).standard_normal(100_003).astype(np.float32)
     assert float(gpu.sum_of_squares(cp.asarray(x))) == pytest.approx(reference.sum_of_squares(x), rel=1e-6)
+
+
+def test_embedding_backward_adds_into_the_gradient():
+    rng = np.random.default_rng(6)
+    idx = rng.integers(0, 11, size=(3, 40))  # many repeats
+    dy, start = rng.standard_normal((3, 40, 7)), rng.standard_normal((11, 7))
+    expected = start.copy()
+    reference.embedding_backward(dy, idx, 2.5, expected)
+    got = cp.asarray(start)
+    gpu.embedding_backward(cp.asarray(dy), cp.asarray(idx), 2.5, got)
+    assert kernel_error(got, expected) <= KERNEL_TOLERANCE[np.float64]
+
+
+@pytest.mark.parametrize("tf32", [True, False])
+def test_tf32_reaches_every_product_shape_the_model_makes(tf32):
+    """--tf32 rounds float32 products' inputs to 10 mantissa bits (about 1e-3 relative); without
+    it they are plain FP32 (about 1e-6). Both ways, after the other was set in this process."""
+    from engine.backend import get_array_module
+    get_array_module("gpu", tf32=not tf32)
+    cp.ones((4, 4), np.float32) @ cp.ones((4, 4), np.float32)  # CuPy has read its setting by now
+    get_array_module("gpu", tf32=tf32)
+    rng = np.random.default_rng(7)
+    rows, w = rng.standard_normal((512, 768)), rng.standard_normal((768, 1024))
+    products = {"linear": (rows, w), "tied head": (rows, np.ascontiguousarray(w.T).T)}  # Wᵀ of a (V, d) matrix
+    for name, (a, b) in products.items():
+        got = gpu.matmul(cp.asarray(a, np.float32), cp.asarray(b, np.float32))
+        error = kernel_error(got, a @ b)
+        assert (error > 1e-4) if tf32 else (error < 1e-5), (name, error)

@@ -19,6 +19,8 @@
 
 using std::exp;
 using std::log;
+using std::sqrt;
+using std::tanh;
 
 #define __global__
 #define __device__

@@ -37,8 +37,10 @@ def pointer(array):
 
 
 def call(function, grid, block, *args):
-    """Launch through a harness entry point; scalars pass as ints, arrays as pointers."""
-    converted = [pointer(a) if isinstance(a, np.ndarray) else ctypes.c_int(a) for a in args]
+    """Launch through a harness entry point; arrays pass as pointers, floats as doubles, other
+    scalars as ints."""
+    converted = [pointer(a) if isinstance(a, np.ndarray) else ctypes.c_double(a) if isinstance(a, float)
+                 else ctypes.c_int(a) for a in args]
     status = function(ctypes.c_uint(grid[0]), ctypes.c_uint(block[0]), *converted)
     if status != 0:
         raise RuntimeError("the emulated kernel failed (see stderr)")
