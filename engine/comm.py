@@ -8,14 +8,17 @@ straight to a CUDA-aware MPI, through pinned host memory to one that is not, or 
 """
 import atexit
 import os
+import queue
 import signal
 import sys
+import threading
 import time
+from concurrent.futures import Future
 
 import numpy as np
 
-from engine.backend import array_module, synchronize
-from engine.errors import CommTimeout
+from engine.backend import array_module
+from engine.errors import CommTimeout, UserError
 
 # Set by mpiexec/mpirun of MPICH, Intel MPI, Open MPI, and by PMIx/Slurm launchers.
 LAUNCHER_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")
@@ -81,13 +84,42 @@ class Comm:
         return mpi_takes_device_buffers(self.cuda_aware_mpi, self.mpi)
 
     def wait(self, requests, what):
-        """Wait for `requests` (non-blocking MPI calls), answering probes meanwhile; after
-        self.timeout seconds, a CommTimeout saying `what` did not complete and who is silent."""
+        """Wait for `requests` (non-blocking MPI calls, or calls on_thread), answering probes
+        meanwhile; after self.timeout seconds, a CommTimeout saying `what` did not complete and
+        who is silent."""
         deadline = time.monotonic() + self.timeout
-        while not self.mpi.Request.Testall(requests):
+        while not all(request.Test() for request in requests):
             self.answer_probes()
             if time.monotonic() > deadline:
                 raise CommTimeout(f"{what} did not complete in {self.timeout:g} s; {self.silent_ranks()}")
+
+    def on_thread(self, call):
+        """Run call() on this process's communication thread, after the calls queued before it;
+        a request that wait() takes. For the collectives MPI offers only blocking on device
+        memory (Open MPI's CUDA support has no non-blocking collectives, for UCX either): the
+        thread blocks in them, and in the CUDA events they wait for, while this one goes on."""
+        self.start_comm_thread()
+        done = Future()
+        self.calls.put((call, done))
+        return ThreadRequest(done)
+
+    def start_comm_thread(self):
+        """Start the thread on_thread runs calls on, once; MPI must then take calls from two threads."""
+        if hasattr(self, "calls"):
+            return
+        if self.mpi.Query_thread() < self.mpi.THREAD_MULTIPLE:
+            raise UserError("MPI on device buffers runs on a thread of its own and needs MPI_THREAD_MULTIPLE, "
+                            "which this MPI library does not give; use comm=nccl")
+        self.calls = queue.SimpleQueue()
+        threading.Thread(target=self.run_calls, name="nano2-comm", daemon=True).start()
+
+    def run_calls(self):
+        while True:
+            call, done = self.calls.get()
+            try:
+                done.set_result(call())
+            except Exception as e:  # handed to the waiting thread, which raises it
+                done.set_exception(e)
 
     def answer_probes(self):
         while self.probe.Test(self.probe_status):
@@ -121,11 +153,20 @@ class Comm:
         if self.world_size > 1:
             self.arrive(what)
 
+    def start(self, nonblocking, blocking, *args, after=None, **kwargs):
+        """Start an MPI collective: `nonblocking` (comm.Ibcast) on host buffers; on device buffers,
+        once the CUDA event `after` has happened, `blocking` (comm.Bcast) on the comm thread, for
+        MPI libraries take device memory in blocking collectives only (Open MPI's CUDA support
+        lists no non-blocking one, over UCX either). A request for wait()."""
+        if after is None:
+            return nonblocking(*args, **kwargs)
+        return self.on_thread(lambda: (after.synchronize(), blocking(*args, **kwargs)))
+
     def broadcast_array(self, array, root=0, what="a broadcast"):
         """Overwrite `array` (host or device) with root's, in place."""
         if self.world_size > 1:
-            with host_view(array, self) as buffer:
-                self.wait([self.comm.Ibcast(buffer, root=root)], what)
+            with host_view(array, self) as (buffer, after):
+                self.wait([self.start(self.comm.Ibcast, self.comm.Bcast, buffer, root=root, after=after)], what)
 
     def broadcast_object(self, value, root=0, what="a broadcast"):
         if self.world_size == 1:
@@ -174,9 +215,11 @@ class Comm:
         self.wait([self.comm.Iscatterv([whole, layout] if self.is_root else None, shard, root=0)], what)
         return shard
 
-    def allgather_shards(self, whole, what="the parameters' all-gather"):
-        """Fill every rank's copy of `whole` with the shards the other ranks hold of it."""
-        self.wait([self.comm.Iallgatherv(self.mpi.IN_PLACE, [whole, self.shard_layout(whole.size)])], what)
+    def allgather_shards(self, whole, what="the parameters' all-gather", after=None):
+        """Fill every rank's copy of `whole` with the shards the other ranks hold of it (a device
+        array once the event `after` has happened, as in start)."""
+        self.wait([self.start(self.comm.Iallgatherv, self.comm.Allgatherv, self.mpi.IN_PLACE,
+                              [whole, self.shard_layout(whole.size)], after=after)], what)
 
     def abort(self, status):
         """End every rank of the job now (a rank that raised must not leave the others waiting)."""
@@ -197,6 +240,19 @@ class Comm:
             finally:
                 os._exit(status)
         sys.exit(status)
+
+
+class ThreadRequest:
+    """A call queued on Comm.on_thread, tested as an MPI request is; its error raised by Test."""
+
+    def __init__(self, done):
+        self.done = done
+
+    def Test(self):
+        if not self.done.done():
+            return False
+        self.done.result()
+        return True
 
 
 def mpi_cuda_support(MPI):
@@ -223,9 +279,9 @@ def mpi_takes_device_buffers(choice, MPI):
 
 
 class host_view:
-    """A buffer MPI can read and write for `array`: the array itself on the host or with a
-    CUDA-aware MPI (after the stream has finished writing it), else a pinned host copy that is
-    written back to the device on exit."""
+    """(buffer, after) for MPI to read and write `array`: the array itself on the host (after:
+    None), or with a CUDA-aware MPI (after: an event the device passes once it has written the
+    array), else a pinned host copy (after: None) that is written back to the device on exit."""
 
     def __init__(self, array, comm):
         self.array, self.comm = array, comm
@@ -233,13 +289,12 @@ class host_view:
     def __enter__(self):
         xp = array_module(self.array)
         if xp is np:
-            return self.array
-        synchronize(xp)
+            return self.array, None
         if self.comm.takes_device_buffers():
-            return self.array
+            return self.array, xp.cuda.get_current_stream().record()
         self.staged = pinned_empty(self.array.shape, self.array.dtype)
         self.array.get(out=self.staged)
-        return self.staged
+        return self.staged, None
 
     def __exit__(self, *exc):
         if hasattr(self, "staged"):
@@ -256,9 +311,16 @@ class GradientAllreduce:
 
     `buckets` ({name: (start, stop)}, from the model) are contiguous slices of the buffer;
     `ready(name)` is called by the model's backward when every gradient in bucket `name` is
-    final, and starts a non-blocking allreduce of that slice.
-    `finish()` waits for all of them and divides by the number of ranks. `comm_seconds` adds
-    up the time spent posting and waiting, the part of the step communication did not hide.
+    final, and starts summing that slice over the ranks. `finish()` waits for all of them and
+    divides by the number of ranks. take_comm_seconds() gives the communication the step waited
+    for, which backward did not hide: on the host, the time spent posting and waiting; on the
+    GPU, from backward's end to the averaged gradients, read from CUDA events on its stream.
+
+    On the GPU the host never waits for the device to start a bucket: it records an event after
+    the bucket's backward and goes on launching kernels. NCCL runs on a stream of its own, which
+    waits for that event; an MPI library takes device memory in blocking collectives only, so
+    those run on the comm thread (Comm.start), which waits for the event first (and, for an MPI
+    that takes no device buffers, for the bucket's copy to pinned host memory on a side stream).
 
     With `zero=1` (ZeRO-1) each bucket is reduce-scattered instead: a rank receives the sums
     of the part of the bucket inside its shard (comm.shard), and finish() leaves the average
@@ -269,17 +331,20 @@ class GradientAllreduce:
     def __init__(self, comm, store, buckets, kind="mpi", zero=0):
         self.comm, self.store, self.buckets, self.kind = comm, store, buckets, kind
         self.pending = []
-        self.comm_seconds = 0.0
+        self.host_seconds, self.spans = 0.0, []  # spans: (start, end) CUDA events of waiting on comm
         self.xp = store.xp
         self.shard = comm.shard(store.numel) if zero and comm.world_size > 1 else None
         self.layout = comm.shard_layout(store.numel)  # (counts, offsets) of every rank's shard
         self.staged = None  # pinned host buffers, for an MPI that takes no device buffers
-        if comm.world_size > 1 and self.xp is not np:
-            self.cuda_aware = comm.takes_device_buffers()
+        self.on_device = comm.world_size > 1 and self.xp is not np
+        if self.on_device:
+            self.side = self.xp.cuda.Stream(non_blocking=True)  # NCCL's, or the copies to the host
             if kind == "nccl":
                 self.nccl = nccl_communicator(comm)
-            elif not self.cuda_aware:
-                self.staged = pinned_empty(store.grad.shape, store.grad.dtype)
+            else:
+                comm.start_comm_thread()
+                if not comm.takes_device_buffers():
+                    self.staged = pinned_empty(store.grad.shape, store.grad.dtype)
         if self.shard is not None:  # where this rank receives the sums of its shard
             size = self.shard.stop - self.shard.start
             self.reduced = (self.xp.empty(size, store.dtype) if self.staged is None
@@ -288,56 +353,104 @@ class GradientAllreduce:
     def ready(self, name):
         if self.comm.world_size == 1:
             return
-        started = time.perf_counter()
         start, stop = self.buckets[name]
-        grad = self.store.grad[start:stop]
-        MPI = self.comm.mpi
-        if self.shard is not None:
-            self.pending += self.reduce_scatter(start, stop)
-        elif self.xp is np:
-            self.pending.append(self.comm.comm.Iallreduce(MPI.IN_PLACE, grad, op=MPI.SUM))
-        elif self.kind == "nccl":
-            nccl_allreduce_sum(self.nccl, grad)
-        elif self.cuda_aware:
-            synchronize(self.xp)
-            self.pending.append(self.comm.comm.Iallreduce(MPI.IN_PLACE, grad, op=MPI.SUM))
+        if not self.on_device:
+            started = time.perf_counter()
+            self.pending.append(self.mpi_sum(self.store.grad, start, stop))
+            self.host_seconds += time.perf_counter() - started
+            return
+        backward_done = self.xp.cuda.get_current_stream().record()
+        self.side.wait_event(backward_done)
+        if self.kind == "nccl":
+            self.nccl_sum(start, stop)
+        elif self.staged is not None:
+            self.store.grad[start:stop].get(out=self.staged[start:stop], stream=self.side, blocking=False)
+            self.pending.append(self.mpi_sum(self.staged, start, stop, after=self.side.record()))
         else:
-            host = self.staged[start:stop]
-            grad.get(out=host, stream=self.xp.cuda.get_current_stream())
-            synchronize(self.xp)
-            self.pending.append(self.comm.comm.Iallreduce(MPI.IN_PLACE, host, op=MPI.SUM))
-        self.comm_seconds += time.perf_counter() - started
+            self.pending.append(self.mpi_sum(self.store.grad, start, stop, after=backward_done))
+
+    def mpi_sum(self, buffer, start, stop, after=None):
+        """Start summing buffer[start:stop] over ranks (Comm.start: `after` for device memory):
+        in place, or under ZeRO-1 each rank receiving the part inside its shard into its place
+        in self.reduced."""
+        comm, MPI = self.comm, self.comm.mpi
+        if self.shard is None:
+            return comm.start(comm.comm.Iallreduce, comm.comm.Allreduce, MPI.IN_PLACE, buffer[start:stop],
+                              op=MPI.SUM, after=after)
+        parts, received = self.shard_parts(start, stop)
+        return comm.start(comm.comm.Ireduce_scatter, comm.comm.Reduce_scatter, buffer[start:stop], received, parts,
+                          op=MPI.SUM, after=after)
+
+    def shard_parts(self, start, stop):
+        """How many entries of the bucket start:stop fall in each rank's shard, and where this
+        rank's part goes in self.reduced."""
+        counts, offsets = self.layout
+        parts = [max(0, min(stop, o + c) - max(start, o)) for c, o in zip(counts, offsets)]
+        first = max(start, self.shard.start) - self.shard.start
+        return parts, self.reduced[first:first + parts[self.comm.rank]]
+
+    def nccl_sum(self, start, stop):
+        """mpi_sum through NCCL, on the side stream. NCCL has no reduce-scatter of uneven parts,
+        so under ZeRO-1 each part is reduced to its owner."""
+        from cupy.cuda import nccl
+        grad, stream = self.store.grad[start:stop], self.side.ptr
+        if self.shard is None:
+            self.nccl.allReduce(grad.data.ptr, grad.data.ptr, grad.size, nccl_dtype(grad), nccl.NCCL_SUM, stream)
+            return
+        parts, received = self.shard_parts(start, stop)
+        nccl.groupStart()
+        for owner, (count, offset) in enumerate(zip(parts, self.layout[1])):
+            if count:
+                part = grad[max(start, offset) - start:][:count]
+                into = received if owner == self.comm.rank else part  # read on the owner alone
+                self.nccl.reduce(part.data.ptr, into.data.ptr, count, nccl_dtype(part), nccl.NCCL_SUM, owner, stream)
+        nccl.groupEnd()
 
     def finish(self):
         if self.comm.world_size == 1:
             return
         started = time.perf_counter()
+        span_start = self.xp.cuda.get_current_stream().record() if self.on_device else None
         if self.pending:
             self.comm.wait(self.pending, "the gradient allreduce")
             self.pending = []
+        if self.on_device and self.kind == "nccl":
+            self.wait_for_side("the gradient allreduce")
         average = self.store.grad.dtype.type(1.0 / self.comm.world_size)
+        stream = self.xp.cuda.get_current_stream() if self.on_device else None
         if self.shard is not None:
             grad = self.store.grad[self.shard]
             if self.staged is not None:
-                grad.set(self.reduced)
+                grad.set(self.reduced, stream=stream)
                 grad *= average
             else:
                 self.xp.multiply(self.reduced, average, out=grad)
         else:
             if self.staged is not None:
-                self.store.grad.set(self.staged)
+                self.store.grad.set(self.staged, stream=stream)
             self.store.grad *= average
-        self.synchronize("the gradient allreduce")
-        self.comm_seconds += time.perf_counter() - started
+        self.end_span(span_start, started)
 
-    def synchronize(self, what):
-        """Wait for the device's queued work; NCCL's collectives are in that queue, so there the
-        wait is bounded by comm_timeout as MPI's are, and a timed-out communicator is aborted."""
-        if self.xp is np or self.kind != "nccl":
-            synchronize(self.xp)
-            return
-        done = self.xp.cuda.Event(disable_timing=True)
-        done.record()
+    def end_span(self, span_start, started):
+        """Count the time since `started` (host) or the CUDA event span_start (GPU) as waiting."""
+        if span_start is None:
+            self.host_seconds += time.perf_counter() - started
+        else:
+            self.spans.append((span_start, self.xp.cuda.get_current_stream().record()))
+
+    def take_comm_seconds(self):
+        """The seconds counted since the last call; on the GPU, this waits for the spans' events."""
+        seconds, self.host_seconds = self.host_seconds, 0.0
+        for start, end in self.spans:
+            end.synchronize()
+            seconds += self.xp.cuda.get_elapsed_time(start, end) / 1e3
+        self.spans = []
+        return seconds
+
+    def wait_for_side(self, what):
+        """Make the compute stream wait for NCCL's, and the host for both, up to comm_timeout:
+        a timed-out communicator is aborted."""
+        done = self.side.record()
         deadline = time.monotonic() + self.comm.timeout
         while not done.done:
             self.comm.answer_probes()
@@ -345,32 +458,7 @@ class GradientAllreduce:
                 self.nccl.abort()
                 raise CommTimeout(f"{what} (NCCL) did not complete in {self.comm.timeout:g} s; "
                                   f"{self.comm.silent_ranks()}")
-
-    def reduce_scatter(self, start, stop):
-        """Start summing grad[start:stop] over ranks, each rank receiving the part inside its
-        shard (possibly none) into its place in self.reduced; the MPI requests to wait for.
-        NCCL has no reduce-scatter of uneven parts, so there each part is reduced to its owner."""
-        counts, offsets = self.layout
-        parts = [max(0, min(stop, o + c) - max(start, o)) for c, o in zip(counts, offsets)]
-        first = max(start, self.shard.start) - self.shard.start
-        received = self.reduced[first:first + parts[self.comm.rank]]
-        grad = self.store.grad[start:stop]
-        if self.xp is not np and self.kind == "nccl":
-            from cupy.cuda import nccl
-            nccl.groupStart()
-            for owner, (count, offset) in enumerate(zip(parts, offsets)):
-                if count:
-                    part = grad[max(start, offset) - start:][:count]
-                    into = received if owner == self.comm.rank else part  # read on the owner alone
-                    self.nccl.reduce(part.data.ptr, into.data.ptr, count, nccl_dtype(part), nccl.NCCL_SUM, owner,
-                                     self.xp.cuda.get_current_stream().ptr)
-            nccl.groupEnd()
-            return []
-        if self.staged is not None:
-            grad = self.staged[start:stop]
-            self.store.grad[start:stop].get(out=grad, stream=self.xp.cuda.get_current_stream())
-        synchronize(self.xp)
-        return [self.comm.comm.Ireduce_scatter(grad, received, parts, op=self.comm.mpi.SUM)]
+        self.xp.cuda.get_current_stream().wait_event(done)
 
     def sum_over_shards(self, value):
         """A number summed over the ranks' shards under ZeRO-1; without it, each rank holds
@@ -383,28 +471,35 @@ class GradientAllreduce:
             return
         started = time.perf_counter()
         data = self.store.data
-        if self.xp is not np and self.kind == "nccl":
+        if not self.on_device:
+            self.comm.allgather_shards(data)
+            self.end_span(None, started)
+            return
+        updated = self.xp.cuda.get_current_stream().record()
+        if self.kind == "nccl":
             from cupy.cuda import nccl
+            self.side.wait_event(updated)
             nccl.groupStart()
             for owner, (count, offset) in enumerate(zip(*self.layout)):
                 part = data[offset:offset + count]
-                self.nccl.bcast(part.data.ptr, count, nccl_dtype(part), owner, self.xp.cuda.get_current_stream().ptr)
+                self.nccl.bcast(part.data.ptr, count, nccl_dtype(part), owner, self.side.ptr)
             nccl.groupEnd()
+            self.wait_for_side("the parameters' all-gather")
         elif self.staged is not None:  # the gradients are in place by now, so their buffer is free
-            data[self.shard].get(out=self.staged[self.shard], stream=self.xp.cuda.get_current_stream())
-            synchronize(self.xp)
+            data[self.shard].get(out=self.staged[self.shard])
             self.comm.allgather_shards(self.staged)
-            data.set(self.staged)
+            data.set(self.staged, stream=self.xp.cuda.get_current_stream())
         else:
-            synchronize(self.xp)
-            self.comm.allgather_shards(data)
-        self.synchronize("the parameters' all-gather")
-        self.comm_seconds += time.perf_counter() - started
+            self.comm.allgather_shards(data, after=updated)
+        self.end_span(updated, started)
 
 
 def nccl_communicator(comm):
     """An NCCL communicator over the MPI ranks; rank 0 makes the unique id and broadcasts it."""
     from cupy.cuda import nccl
+    if not nccl.available:
+        raise UserError("comm=nccl: this CuPy was built without NCCL (pip install nvidia-nccl-cu12, or "
+                        "nvidia-nccl-cu13 for CUDA 13, then restart); or use comm=mpi")
     unique_id = nccl.get_unique_id() if comm.is_root else None
     unique_id = comm.broadcast_object(unique_id)
     return nccl.NcclCommunicator(comm.world_size, unique_id, comm.rank)
@@ -414,10 +509,3 @@ def nccl_dtype(array):
     from cupy.cuda import nccl
     return {np.dtype(np.float32): nccl.NCCL_FLOAT32, np.dtype(np.float64): nccl.NCCL_FLOAT64}[array.dtype]
 
-
-def nccl_allreduce_sum(communicator, array):
-    """In-place sum over ranks on the current stream (asynchronous, like every NCCL call)."""
-    import cupy
-    from cupy.cuda import nccl
-    communicator.allReduce(array.data.ptr, array.data.ptr, array.size, nccl_dtype(array),
-                           nccl.NCCL_SUM, cupy.cuda.get_current_stream().ptr)

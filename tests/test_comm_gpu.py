@@ -28,6 +28,7 @@ SCRIPT = textwrap.dedent("""
     for name in ("ln_f", "blocks.1", "blocks.0", "tok_emb"):
         sync.ready(name)
     sync.finish()
+    assert sync.take_comm_seconds() >= 0  # read from CUDA events on the compute stream
     mine = sync.shard or slice(None)
     assert cupy.allclose(store.grad[mine], cupy.arange(store.numel, dtype=cupy.float32)[mine] * 1.5), "wrong mean"
     if sync.shard is None:

@@ -225,3 +225,61 @@ def test_a_nan_gradient_on_one_rank_stops_every_rank_saying_where(small_args, ze
     result = launch(2, code, *small_args, "--max_steps=3", "--eval_interval=3", f"--zero={zero}", timeout=60)
     assert result.returncode == 1, result.stderr[-3000:]
     assert f"nano2_train: step 1: {said}" in result.stderr, result.stderr[-3000:]
+
+
+COMM_THREAD = textwrap.dedent("""
+    import sys, time
+    import numpy as np
+    from engine import comm
+    from engine.errors import CommTimeout
+    world = comm.world()
+    MPI = world.mpi
+
+    class Event:  # a CUDA event's stand-in: the comm thread waits for it before the collective
+        def __init__(self):
+            self.passed = False
+
+        def synchronize(self):
+            time.sleep(0.3)
+            self.passed = True
+
+    def allreduce(buffer, event):
+        return world.start(world.comm.Iallreduce, world.comm.Allreduce, MPI.IN_PLACE, buffer, op=MPI.SUM,
+                           after=event)
+""")
+
+
+def test_device_collectives_run_blocking_on_the_comm_thread_in_order():
+    """What the GPU path does with device buffers, MPI offering blocking collectives only there:
+    each on the comm thread once its event has passed, the host going on meanwhile."""
+    code = COMM_THREAD + textwrap.dedent("""
+        buffers = [np.full(5, world.rank + 1.0) * (i + 1) for i in range(3)]
+        events = [Event() for _ in buffers]
+        requests = [allreduce(b, e) for b, e in zip(buffers, events)]
+        assert not any(r.Test() for r in requests), "the host waited for the events"
+        world.wait(requests, "the test's allreduce")
+        assert all(e.passed for e in events)
+        assert all((b == 3.0 * (i + 1)).all() for i, b in enumerate(buffers)), buffers
+        print("ok")
+    """)
+    result = launch(2, code, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["ok", "ok"]
+
+
+def test_a_collective_on_the_comm_thread_past_comm_timeout_names_the_silent_rank():
+    code = COMM_THREAD + textwrap.dedent("""
+        world.timeout = 2
+        if world.rank == 1:
+            time.sleep(60)  # never joins, nor answers a probe
+        try:
+            world.wait([allreduce(np.ones(5), Event())], "the test's allreduce")
+        except CommTimeout as e:
+            print(e, file=sys.stderr)
+            world.abort(3)
+    """)
+    started = time.monotonic()
+    result = launch(2, code, timeout=50)
+    assert result.returncode != 0 and time.monotonic() - started < 40
+    assert re.search(r"the test's allreduce did not complete in 2 s; rank 1 \(\S+\) did not answer",
+                     result.stderr), result.stderr[-3000:]

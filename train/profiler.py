@@ -26,14 +26,12 @@ def time_steps(step, iters, warmup, world, xp, sync=None):
     seconds, comm_seconds = [], []
     for i in range(warmup + iters):
         world.barrier()  # every rank starts the iteration together, as in training
-        if sync is not None:
-            sync.comm_seconds = 0.0
         started = time.perf_counter()
         step()
         synchronize(xp)
         if i >= warmup:
             seconds.append(time.perf_counter() - started)
-            comm_seconds.append(sync.comm_seconds if sync is not None else 0.0)
+            comm_seconds.append(sync.take_comm_seconds() if sync is not None else 0.0)
     return seconds, comm_seconds
 
 

@@ -258,7 +258,6 @@ def run_steps(run, stop, bar, log_lines):
     for step in range(run.start, cfg.max_steps):
         run.step = step + 1
         started = time.perf_counter()
-        sync.comm_seconds = 0.0
         batches = [tuple(xp.asarray(a) for a in run.data.batch("train", cfg.seed, step, cfg.batch_size, cfg.seq_len,
                                                                   micro_step=m, micro_steps=run.micro_steps,
                                                                   rank=world.rank, ranks=world.world_size))
@@ -274,6 +273,7 @@ def run_steps(run, stop, bar, log_lines):
         loss_sum, stops = world.sum_floats([loss, float(stop.requested)], "the step's loss allreduce")
         loss = loss_sum / world.world_size
         elapsed = time.perf_counter() - started
+        comm_seconds = sync.take_comm_seconds()
         tokens_per_s = run.tokens_per_step / elapsed
         mfu = flops_per_token * tokens_per_s / peak_flops
         done = step + 1
@@ -282,7 +282,7 @@ def run_steps(run, stop, bar, log_lines):
         if done % cfg.log_interval == 0 and world.is_root:
             append_metrics(run.metrics_path, {"step": done, "loss": loss, "lr": lr, "grad_norm": norm,
                                               "tokens_per_s": tokens_per_s, "mfu": mfu,
-                                              "comm_share": sync.comm_seconds / elapsed}, run.wandb_run)
+                                              "comm_share": comm_seconds / elapsed}, run.wandb_run)
             if log_lines:
                 print(f"step {done}/{cfg.max_steps} | loss {loss:.4f} | lr {lr:.2e} | grad norm {norm:.4f} | "
                       f"{tokens_per_s:,.0f} tok/s | MFU {mfu:.1%} | {elapsed * 1e3:.1f} ms", flush=True)
