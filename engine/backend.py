@@ -41,8 +41,8 @@ def import_cupy(instead):
     try:
         import cupy
     except ImportError:
-        raise UserError("no GPU: CuPy is not installed (pip install -e '.[gpu]' for cupy-cuda12x, or "
-                        f"cupy-cuda13x for CUDA 13); {instead}") from None
+        raise UserError("no GPU: CuPy is not installed (pip install -e '.[cuda12]', or '.[cuda13]' for "
+                        f"CUDA 13); {instead}") from None
     if not cupy.cuda.is_available():
         raise UserError(f"no GPU: CuPy finds no CUDA device on this machine; {instead}")
     return cupy

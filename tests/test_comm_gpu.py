@@ -8,7 +8,7 @@ import textwrap
 import pytest
 from helpers import MPIEXEC, needs_mpiexec
 
-cupy = pytest.importorskip("cupy", reason="needs CuPy (pip install -e '.[gpu]')")
+cupy = pytest.importorskip("cupy", reason="needs CuPy (pip install -e '.[cuda12]' or '.[cuda13]')")
 pytestmark = [pytest.mark.skipif(not cupy.cuda.is_available(), reason="no CUDA device here"), needs_mpiexec]
 
 # With zero=1, each rank ends with the mean of its own shard of the gradients, and the

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-cp = pytest.importorskip("cupy", reason="needs CuPy (pip install -e '.[gpu]')")
+cp = pytest.importorskip("cupy", reason="needs CuPy (pip install -e '.[cuda12]' or '.[cuda13]')")
 pytestmark = pytest.mark.skipif(not cp.cuda.is_available(), reason="no CUDA device here")
 
 from engine.kernels import gpu, reference  # noqa: E402
