@@ -20,7 +20,8 @@ else
         exit 2
     fi
     [ "$cuda" -ge 13 ] && extra=cuda13 || extra=cuda12
-    if ! { ./scripts/build.sh --if-needed >/dev/null && .venv/bin/python -m pip install --quiet -e ".[test,$extra]"; }; then
+    if ! { ./scripts/build.sh --if-needed >/dev/null &&
+           .venv/bin/python -m pip install --quiet -e ".[test,$extra]"; }; then
         echo "gpu_check: no CuPy here, and pip could not install .[$extra]" >&2
         exit 2
     fi

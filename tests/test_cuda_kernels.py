@@ -2,6 +2,7 @@
 for sm_80 and sm_90, nvcc reports no register spills, and the unchanged sources run on the CPU
 emulator (tests/cuda_emu) against engine/kernels/reference.py on ragged shapes, including a
 finite-difference check of the emulated backward and a planted error the tests must catch."""
+import ctypes
 import glob
 import os
 import re
@@ -14,6 +15,8 @@ from cuda_emu import emulator
 from helpers import KERNEL_TOLERANCE, assert_grad_close, kernel_error
 
 from engine.kernels import launch, reference
+from train.finite_differences import EPS, central_differences, relative_error, sample_entries
+from train.finite_differences import TOLERANCE as FD_TOLERANCE
 
 SOURCES = sorted(glob.glob(os.path.join(emulator.KERNELS, "*.cu")))
 CUPY_OPTIONS = [*launch.NVRTC_OPTIONS, "-ftz=true"]  # the backend's, with what CuPy adds (but the architecture)
@@ -128,12 +131,22 @@ def test_a_planted_error_is_caught(tmp_path):
     assert kernel_error(lse, reference.softmax_xent_forward(logits, targets)[1]) > 1e-3
 
 
+def thread_sanitizer_arguments(harness):
+    """A harness's command line: attention_tsan.cpp's is the launch geometry (grid, block) of its four kernels,
+    from launch.py, for its case (one head, T = 70, HD = 32, double)."""
+    if harness != "attention_tsan.cpp":
+        return []
+    geometries = (launch.attention_geometry(kernel, 1, 70, 8, 32) for kernel in ATTENTION_KERNELS)
+    return [str(n) for grid, block in geometries for n in (grid[0], block[0])]
+
+
 def run_under_thread_sanitizer(source, harness, tmp_path):
     binary = tmp_path / "tsan"
     subprocess.run(["g++", "-std=c++20", "-O1", "-g", "-pthread", "-fsanitize=thread", f"-I{emulator.HERE}",
                     f"-DKERNEL_SOURCE=\"{source}\"", os.path.join(emulator.HERE, harness), "-o", str(binary)],
                    check=True, capture_output=True)
-    return subprocess.run([str(binary)], capture_output=True, text=True, timeout=120)
+    return subprocess.run([str(binary), *thread_sanitizer_arguments(harness)], capture_output=True, text=True,
+                          timeout=120)
 
 
 @pytest.mark.parametrize("source, harness", [("softmax_xent.cu", "softmax_xent_tsan.cpp"),
@@ -157,6 +170,8 @@ def test_thread_sanitizer_catches_a_missing_syncthreads(tmp_path):
 
 ATTENTION = os.path.join(emulator.KERNELS, "attention.cu")
 ATTENTION_HARNESS = os.path.join(emulator.HERE, "attention_harness.cpp")
+ATTENTION_KERNELS = ("forward", "row_dot", "backward_dq", "backward_dkdv")
+TILED_KERNELS = ("forward", "backward_dq", "backward_dkdv")
 
 
 @pytest.fixture(scope="module")
@@ -165,42 +180,101 @@ def attention_library():
 
 
 def emulated_attention(library, q, k, v, dout=None):
-    """(out, lse) and, given dout, (dq, dk, dv), launched as the GPU backend launches them."""
+    """(out, lse) and, given dout, (dq, dk, dv), each kernel launched with launch.py's geometry as the GPU backend
+    launches it; outputs start as NaN, so an entry that no block writes fails the comparison."""
     B, H, T, hd = q.shape
-    suffix = SUFFIX[q.dtype.type]
-    grid, block = launch.attention_geometry(B * H, T)
-    out, lse = np.empty_like(q), np.empty((B, H, T), q.dtype)
-    emulator.call(getattr(library, f"forward_{suffix}"), grid, block, q, k, v, out, lse, B * H, T, hd)
+
+    def run(kernel, *args):
+        grid, block = launch.attention_geometry(kernel, B * H, T, q.dtype.itemsize, hd)
+        emulator.call(getattr(library, f"{kernel}_{SUFFIX[q.dtype.type]}"), grid, block, *args, B * H, T, hd)
+
+    out, lse = np.full_like(q, np.nan), np.full((B, H, T), np.nan, q.dtype)
+    run("forward", q, k, v, out, lse)
     if dout is None:
         return out, lse
-    row_dot, grads = np.empty_like(lse), [np.empty_like(q) for _ in range(3)]
-    emulator.call(getattr(library, f"backward_{suffix}"), grid, block, q, k, v, out, dout, lse, row_dot, *grads,
-                  B * H, T, hd)
-    return out, lse, grads
+    row_dot, (dq, dk, dv) = np.full_like(lse, np.nan), (np.full_like(q, np.nan) for _ in range(3))
+    run("row_dot", dout, out, row_dot)
+    run("backward_dq", q, k, v, dout, lse, row_dot, dq)
+    run("backward_dkdv", q, k, v, dout, lse, row_dot, dk, dv)
+    return out, lse, (dq, dk, dv)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(1, 1, 1, 32), (1, 3, 5, 64), (1, 1, 33, 32), (1, 1, 6, 128)])
-def test_attention_matches_reference(attention_library, dtype, shape):
-    rng = np.random.default_rng(sum(shape))
+def attention_errors(library, dtype, shape, seed=0):
+    """Relative errors of the emulated out, lse, dq, dk, dv against reference.py, on random inputs."""
+    rng = np.random.default_rng(seed)
     q, k, v, dout = (rng.standard_normal(shape).astype(dtype) for _ in range(4))
-    out, lse, grads = emulated_attention(attention_library, q, k, v, dout)
+    out, lse, grads = emulated_attention(library, q, k, v, dout)
     expected_out, expected_lse = reference.attention_forward(q, k, v)
     expected = reference.attention_backward(dout, q, k, v, expected_out, expected_lse)
-    assert kernel_error(out, expected_out) <= KERNEL_TOLERANCE[dtype]
-    assert kernel_error(lse, expected_lse) <= KERNEL_TOLERANCE[dtype]
     scale = np.linalg.norm(dout.astype(np.float64))  # dq of a one-position sequence is exactly 0
-    for name, got, want in zip(("dq", "dk", "dv"), grads, expected):
-        assert kernel_error(got, want, scale) <= KERNEL_TOLERANCE[dtype], name
+    return {"out": kernel_error(out, expected_out), "lse": kernel_error(lse, expected_lse),
+            **{name: kernel_error(got, want, scale) for name, got, want in zip(("dq", "dk", "dv"), grads, expected)}}
+
+
+@pytest.mark.parametrize("dtype, itemsize", [(np.float32, 4), (np.float64, 8)])
+@pytest.mark.parametrize("head_size", launch.ATTENTION_HEAD_SIZES)
+def test_attention_launch_geometry_matches_the_kernels_tiles(attention_library, dtype, itemsize, head_size):
+    """launch.py computes the tiles that attention.cu picks at compile time; the two must agree."""
+    for n, kernel in enumerate(TILED_KERNELS):
+        shape = (ctypes.c_int * 3)()
+        assert getattr(attention_library, f"tiling_{SUFFIX[dtype]}")(n, head_size, shape) == 0
+        own, stream, threads = shape
+        assert (own, stream) == launch.attention_tiles(kernel, itemsize, head_size), kernel
+        assert launch.attention_geometry(kernel, 3, 2 * own + 1, itemsize, head_size) == ((9, 1, 1), (threads, 1, 1))
+
+
+# T = 1; T inside one tile; T not a multiple of any tile; T spanning several query and key tiles of every kernel
+# (the tiles are 8 to 64 rows); every head size; B * H > 1.
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 1, 1, 32), (1, 3, 5, 64), (2, 1, 33, 32), (1, 2, 70, 64), (1, 1, 130, 128)])
+def test_attention_matches_reference(attention_library, dtype, shape):
+    errors = attention_errors(attention_library, dtype, shape, seed=sum(shape))
+    assert all(error <= KERNEL_TOLERANCE[dtype] for error in errors.values()), errors
 
 
 def test_emulated_attention_backward_passes_finite_differences(attention_library):
+    """T = 40 (float64, HD = 32) spans two key tiles of the forward, two query tiles of dq, and two key tiles of
+    dkdv over three query tiles; the entries checked are sample_entries' (the largest gradients, and random ones)."""
     rng = np.random.default_rng(5)
-    q, k, v, dout = (rng.standard_normal((1, 1, 3, 32)) for _ in range(4))
-    _, _, (dq, dk, dv) = emulated_attention(attention_library, q, k, v, dout)
+    q, k, v, dout = (rng.standard_normal((1, 1, 40, 32)) for _ in range(4))
+    _, _, grads = emulated_attention(attention_library, q, k, v, dout)
     loss = lambda: float((emulated_attention(attention_library, q, k, v)[0] * dout).sum())  # noqa: E731
-    for name, grad, x in (("dq", dq, q), ("dk", dk, k), ("dv", dv, v)):
-        assert_grad_close(grad, loss, x, name)
+    for name, grad, x in zip(("dq", "dk", "dv"), grads, (q, k, v)):
+        entries = sample_entries(grad, 10, rng)
+        numeric = central_differences(loss, x.reshape(-1), entries, EPS)
+        error = relative_error(grad.reshape(-1)[entries], numeric)
+        assert error <= FD_TOLERANCE["float64"], f"{name}: relative error {error:.2e}"
+
+
+# Tile bounds off by one tile, each caught by the comparison with reference.py on a case that spans several tiles.
+PLANTED_TILE_BOUNDS = {
+    "forward's causal loop stops a key tile early": ("k0 < key_end; k0 += BN", "k0 + BN < key_end; k0 += BN"),
+    "dkdv skips the diagonal query tile": ("q0 = k0 / BM * BM;", "q0 = k0 / BM * BM + BM;"),
+    "the ragged last tile's last row is not stored": ("if (row >= seq) continue;", "if (row >= seq - 1) continue;"),
+}
+
+
+@pytest.mark.parametrize("planted", PLANTED_TILE_BOUNDS)
+def test_a_planted_attention_tile_bound_is_caught(planted, tmp_path):
+    original, replacement = PLANTED_TILE_BOUNDS[planted]
+    source = open(ATTENTION).read()
+    broken = source.replace(original, replacement, 1)
+    assert broken != source
+    (tmp_path / "attention.cu").write_text(broken)
+    library = emulator.build(str(tmp_path / "attention.cu"), ATTENTION_HARNESS)
+    errors = attention_errors(library, np.float64, (1, 2, 70, 32))
+    assert not all(error <= 1e-3 for error in errors.values()), errors  # NaN, where nothing was written, too
+
+
+def test_thread_sanitizer_catches_a_missing_syncthreads_between_attention_tiles(tmp_path):
+    """The forward's barrier between a tile's keys and its values dropped: fast threads overwrite the keys with
+    the values while others still read them."""
+    source = open(ATTENTION).read()
+    planted = tmp_path / "attention.cu"
+    planted.write_text(source.replace("        __syncthreads();  // every thread is done with the keys\n", ""))
+    assert planted.read_text() != source
+    result = run_under_thread_sanitizer(str(planted), "attention_tsan.cpp", tmp_path)
+    assert "WARNING: ThreadSanitizer: data race" in result.stderr
 
 
 def test_a_deadlock_becomes_a_failure(tmp_path, capfd):

@@ -17,8 +17,10 @@ from train.data import random_batch  # noqa: E402
 from train.model_setup import build_model  # noqa: E402
 
 
+# T = 1, and T spanning several query and key tiles of every kernel (8 to 64 rows), ragged, up to gpt2-small's.
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(1, 1, 1, 32), (2, 3, 37, 64), (1, 2, 130, 128)])
+@pytest.mark.parametrize("shape", [(1, 1, 1, 32), (2, 3, 37, 64), (1, 2, 130, 128), (2, 2, 257, 32),
+                                   (1, 2, 1024, 64)])
 def test_attention_kernels(dtype, shape):
     rng = np.random.default_rng(0)
     q, k, v, dout = (rng.standard_normal(shape).astype(dtype) for _ in range(4))

@@ -32,19 +32,22 @@ def cuda_function(source, name):
     return cuda_module(source).get_function(name)
 
 
-def attention_kernel(kind, dtype, head_size):
-    if head_size not in launch.ATTENTION_HEAD_SIZES:
-        raise ValueError(f"the GPU attention kernels take head sizes {launch.ATTENTION_HEAD_SIZES}, not {head_size}")
-    return cuda_function("attention.cu", f"attention_{kind}<{TYPE_NAMES[np.dtype(dtype)]}, {head_size}>")
+def attention_kernel(kind, q):
+    """attention.cu's `kind` kernel for q's dtype and head size, launched over q's (B, H, T, hd) with
+    launch.py's geometry for that kernel: call it with the kernel's arguments."""
+    B, H, T, hd = q.shape
+    if hd not in launch.ATTENTION_HEAD_SIZES:
+        raise ValueError(f"the GPU attention kernels take head sizes {launch.ATTENTION_HEAD_SIZES}, not {hd}")
+    kernel = cuda_function("attention.cu", f"attention_{kind}<{TYPE_NAMES[q.dtype]}, {hd}>")
+    grid, block = launch.attention_geometry(kind, B * H, T, q.dtype.itemsize, hd)
+    return lambda *args: kernel(grid, block, args)
 
 
 def attention_forward(q, k, v):
     B, H, T, hd = q.shape
     q, k, v = (cp.ascontiguousarray(a) for a in (q, k, v))
     out, lse = cp.empty_like(q), cp.empty((B, H, T), dtype=q.dtype)
-    grid, block = launch.attention_geometry(B * H, T)
-    attention_kernel("forward", q.dtype, hd)(grid, block, (q, k, v, out, lse, np.int32(B * H), np.int32(T),
-                                                           q.dtype.type(1.0 / math.sqrt(hd))))
+    attention_kernel("forward", q)(q, k, v, out, lse, np.int32(B * H), np.int32(T), q.dtype.type(1.0 / math.sqrt(hd)))
     return out, lse
 
 
@@ -52,14 +55,12 @@ def attention_backward(dout, q, k, v, out, lse):
     B, H, T, hd = q.shape
     dout, q, k, v, out, lse = (cp.ascontiguousarray(a) for a in (dout, q, k, v, out, lse))
     scale = q.dtype.type(1.0 / math.sqrt(hd))
-    grid, block = launch.attention_geometry(B * H, T)
     rows, seq = np.int32(B * H), np.int32(T)
     row_dot = cp.empty_like(lse)
     dq, dk, dv = cp.empty_like(q), cp.empty_like(k), cp.empty_like(v)
-    attention_kernel("row_dot", q.dtype, hd)(grid, block, (dout, out, row_dot, rows, seq))
-    attention_kernel("backward_dq", q.dtype, hd)(grid, block, (q, k, v, dout, lse, row_dot, dq, rows, seq, scale))
-    attention_kernel("backward_dkdv", q.dtype, hd)(grid, block,
-                                                   (q, k, v, dout, lse, row_dot, dk, dv, rows, seq, scale))
+    attention_kernel("row_dot", q)(dout, out, row_dot, rows, seq)
+    attention_kernel("backward_dq", q)(q, k, v, dout, lse, row_dot, dq, rows, seq, scale)
+    attention_kernel("backward_dkdv", q)(q, k, v, dout, lse, row_dot, dk, dv, rows, seq, scale)
     return dq, dk, dv
 
 

@@ -49,10 +49,34 @@ def gelu_geometry(n, max_blocks=GELU_MAX_BLOCKS):
     return (blocks, 1, 1), (GELU_THREADS, 1, 1)
 
 
-ATTENTION_WARPS_PER_BLOCK = 4
+ATTENTION_ROW_DOT_WARPS = 4
+ATTENTION_ROW_LANES = 8  # threads sharing an owned row in the tiled kernels
+ATTENTION_SHARED_BUDGET = 48 * 1024  # static shared memory per block
+# Per tiled kernel: its HD-wide shared buffers on each side (owned and streamed rows), and its score buffers.
+ATTENTION_BUFFERS = {"forward": (1, 1), "backward_dq": (2, 1), "backward_dkdv": (2, 2)}
 
 
-def attention_geometry(heads_batch, seq_len):
-    """(grid, block) for every attention kernel: a warp per row of B * H * T rows, 4 warps a block."""
-    rows = heads_batch * seq_len
-    return (-(-rows // ATTENTION_WARPS_PER_BLOCK), 1, 1), (ATTENTION_WARPS_PER_BLOCK * WARP, 1, 1)
+def attention_tiles(kernel, itemsize, head_size):
+    """(owned, streamed) rows per tile of a tiled attention kernel, as attention.cu's pick_tiles chooses them:
+    powers of two from 64 down to 8, the most query-key pairs whose shared memory (rows padded by 16 bytes)
+    fits the budget, the larger owned tile on a tie."""
+    row_buffers, score_buffers = ATTENTION_BUFFERS[kernel]
+    pad = 16 // itemsize
+    best = (0, 0)
+    for own in (64, 32, 16, 8):
+        for stream in (s for s in (64, 32, 16, 8) if s <= own):
+            size = itemsize * (row_buffers * (own + stream) * (head_size + pad) + score_buffers * own * (stream + pad))
+            if size <= ATTENTION_SHARED_BUDGET and own * stream > best[0] * best[1]:
+                best = (own, stream)
+    return best
+
+
+def attention_geometry(kernel, heads_batch, seq_len, itemsize, head_size):
+    """(grid, block) of an attention kernel ("forward", "row_dot", "backward_dq", "backward_dkdv"). row_dot: a
+    warp per row of the B * H * T rows, 4 warps a block. The tiled kernels: a block per head and owned tile, 8
+    threads per owned row and 16 row groups (fewer for an 8-row tile); attention.cu maps the block index."""
+    if kernel == "row_dot":
+        rows = heads_batch * seq_len
+        return (-(-rows // ATTENTION_ROW_DOT_WARPS), 1, 1), (ATTENTION_ROW_DOT_WARPS * WARP, 1, 1)
+    own, _ = attention_tiles(kernel, itemsize, head_size)
+    return (heads_batch * -(-seq_len // own), 1, 1), (ATTENTION_ROW_LANES * min(own, 16), 1, 1)

@@ -21,6 +21,7 @@ using std::exp;
 using std::log;
 using std::sqrt;
 using std::tanh;
+using std::min;  // CUDA's min(int, int)
 
 #define __global__
 #define __device__
@@ -140,7 +141,8 @@ int launch(dim3 grid, dim3 block, Kernel kernel, Args... args) {
                 try {
                     kernel(args...);
                 } catch (const std::exception& e) {
-                    if (!failed.exchange(true)) std::fprintf(stderr, "cuda_emu: block %u thread %u: %s\n", b, t, e.what());
+                    if (!failed.exchange(true))
+                        std::fprintf(stderr, "cuda_emu: block %u thread %u: %s\n", b, t, e.what());
                 }
                 shared_state.barrier.arrive_and_drop();
                 shared_state.warps[t / WARP_SIZE]->arrive_and_drop();

@@ -9,7 +9,8 @@ int main() {
     std::vector<long long> target{3, 69};
     for (int i = 0; i < N * V; ++i) x[i] = std::sin(0.37f * i) * 3.0f;
     const dim3 grid{N}, block{96};
-    if (cuda_emu::launch(grid, block, softmax_xent_forward<float>, x.data(), target.data(), loss.data(), lse.data(), N, V))
+    if (cuda_emu::launch(grid, block, softmax_xent_forward<float>, x.data(), target.data(), loss.data(), lse.data(),
+                         N, V))
         return 1;
     if (cuda_emu::launch(grid, block, softmax_xent_backward<float>, x.data(), lse.data(), target.data(), dloss.data(),
                             grad.data(), N, V))
