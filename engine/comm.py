@@ -498,8 +498,8 @@ def nccl_communicator(comm):
     """An NCCL communicator over the MPI ranks; rank 0 makes the unique id and broadcasts it."""
     from cupy.cuda import nccl
     if not nccl.available:
-        raise UserError("comm=nccl: this CuPy was built without NCCL (pip install nvidia-nccl-cu12, or "
-                        "nvidia-nccl-cu13 for CUDA 13, then restart); or use comm=mpi")
+        raise UserError("comm=nccl: CuPy finds no NCCL (it comes with .[cuda12] and .[cuda13], or pip install "
+                        "nvidia-nccl-cu12 / nvidia-nccl-cu13); or use comm=mpi")
     unique_id = nccl.get_unique_id() if comm.is_root else None
     unique_id = comm.broadcast_object(unique_id)
     return nccl.NcclCommunicator(comm.world_size, unique_id, comm.rank)

@@ -1,7 +1,8 @@
 """The two GPU installs, pyproject's cuda12 and cuda13 extras, proven without a GPU: each resolves
 (pip, against the package index) to a CuPy and the CUDA pieces it loads at run time (the runtime,
 NVRTC, cuBLAS, NCCL) of one CUDA major version, and that CuPy imports the GPU backend, which then
-says in one line that there is no device."""
+says in one line that there is no device; installed without its NCCL, comm=nccl is refused in one
+line."""
 import json
 import os
 import subprocess
@@ -44,11 +45,18 @@ def test_a_gpu_install_brings_what_cupy_loads_of_one_cuda_version(extra, tmp_pat
     # That CuPy, without its CUDA libraries (loaded at first use), imports the backend.
     target = tmp_path / "cupy"
     pip("install", "--quiet", "--no-deps", "--target", str(target), f"{cupy_name}=={packages[cupy_name]}")
-    code = ("import warnings; warnings.simplefilter('ignore')\n"  # CuPy warns that NCCL is missing here
+    code = ("import sys, warnings; warnings.simplefilter('ignore')\n"  # CuPy warns that NCCL is missing here
             "import cupy, engine.kernels.gpu\n"
+            "from engine.comm import nccl_communicator\n"
+            "from engine.errors import UserError\n"
+            "try:\n"
+            "    nccl_communicator(None)\n"
+            "except UserError as e:\n"
+            "    print(e)\n"
             "from train.timing import gpu_fw_entry; gpu_fw_entry()")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(target), ROOT]))
     result = subprocess.run([sys.executable, "-c", code, "--config", "configs/tiny.json"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr[-3000:]
     assert "no GPU: CuPy finds no CUDA device on this machine" in result.stderr
+    assert result.stdout.startswith("comm=nccl: CuPy finds no NCCL") and result.stdout.count("\n") == 1
