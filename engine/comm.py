@@ -90,14 +90,13 @@ class Comm:
         deadline = time.monotonic() + self.timeout
         while not all(request.Test() for request in requests):
             self.answer_probes()
+            time.sleep(5e-5)  # lets the comm thread take the GIL, which a spinning loop would hold
             if time.monotonic() > deadline:
                 raise CommTimeout(f"{what} did not complete in {self.timeout:g} s; {self.silent_ranks()}")
 
     def on_thread(self, call):
         """Run call() on this process's communication thread, after the calls queued before it;
-        a request that wait() takes. For the collectives MPI offers only blocking on device
-        memory (Open MPI's CUDA support has no non-blocking collectives, for UCX either): the
-        thread blocks in them, and in the CUDA events they wait for, while this one goes on."""
+        a request that wait() takes. The thread blocks in the call while this one goes on."""
         self.start_comm_thread()
         done = Future()
         self.calls.put((call, done))
@@ -155,12 +154,16 @@ class Comm:
 
     def start(self, nonblocking, blocking, *args, after=None, **kwargs):
         """Start an MPI collective: `nonblocking` (comm.Ibcast) on host buffers; on device buffers,
-        once the CUDA event `after` has happened, `blocking` (comm.Bcast) on the comm thread, for
-        MPI libraries take device memory in blocking collectives only (Open MPI's CUDA support
-        lists no non-blocking one, over UCX either). A request for wait()."""
+        `blocking` (comm.Bcast) on the comm thread inside `after` (a DeviceReady), for MPI
+        libraries take device memory in blocking collectives only (Open MPI's CUDA support lists
+        no non-blocking one, over UCX either). A request for wait()."""
         if after is None:
             return nonblocking(*args, **kwargs)
-        return self.on_thread(lambda: (after.synchronize(), blocking(*args, **kwargs)))
+
+        def call():
+            with after:
+                blocking(*args, **kwargs)
+        return self.on_thread(call)
 
     def broadcast_array(self, array, root=0, what="a broadcast"):
         """Overwrite `array` (host or device) with root's, in place."""
@@ -217,7 +220,7 @@ class Comm:
 
     def allgather_shards(self, whole, what="the parameters' all-gather", after=None):
         """Fill every rank's copy of `whole` with the shards the other ranks hold of it (a device
-        array once the event `after` has happened, as in start)."""
+        array inside `after`, as in start)."""
         self.wait([self.start(self.comm.Iallgatherv, self.comm.Allgatherv, self.mpi.IN_PLACE,
                               [whole, self.shard_layout(whole.size)], after=after)], what)
 
@@ -240,6 +243,23 @@ class Comm:
             finally:
                 os._exit(status)
         sys.exit(status)
+
+
+class DeviceReady:
+    """Where the comm thread makes a collective on device memory: on the device of the thread
+    that made this (CUDA's current device is a thread's own), once the work queued so far on
+    `stream` (the current one by default) is done, as `event` records."""
+
+    def __init__(self, xp, stream=None):
+        self.device = xp.cuda.Device()
+        self.event = (stream or xp.cuda.get_current_stream()).record()
+
+    def __enter__(self):
+        self.device.__enter__()
+        self.event.synchronize()
+
+    def __exit__(self, *exc):
+        self.device.__exit__(*exc)
 
 
 class ThreadRequest:
@@ -280,8 +300,8 @@ def mpi_takes_device_buffers(choice, MPI):
 
 class host_view:
     """(buffer, after) for MPI to read and write `array`: the array itself on the host (after:
-    None), or with a CUDA-aware MPI (after: an event the device passes once it has written the
-    array), else a pinned host copy (after: None) that is written back to the device on exit."""
+    None), or with a CUDA-aware MPI (after: a DeviceReady, for Comm.start), else a pinned host
+    copy (after: None) that is written back to the device on exit."""
 
     def __init__(self, array, comm):
         self.array, self.comm = array, comm
@@ -291,7 +311,7 @@ class host_view:
         if xp is np:
             return self.array, None
         if self.comm.takes_device_buffers():
-            return self.array, xp.cuda.get_current_stream().record()
+            return self.array, DeviceReady(xp)
         self.staged = pinned_empty(self.array.shape, self.array.dtype)
         self.array.get(out=self.staged)
         return self.staged, None
@@ -299,6 +319,7 @@ class host_view:
     def __exit__(self, *exc):
         if hasattr(self, "staged"):
             self.array.set(self.staged)
+            self.array.device.synchronize()  # the copy is asynchronous, and its pinned source freed next
 
 
 def pinned_empty(shape, dtype):
@@ -318,9 +339,9 @@ class GradientAllreduce:
 
     On the GPU the host never waits for the device to start a bucket: it records an event after
     the bucket's backward and goes on launching kernels. NCCL runs on a stream of its own, which
-    waits for that event; an MPI library takes device memory in blocking collectives only, so
-    those run on the comm thread (Comm.start), which waits for the event first (and, for an MPI
-    that takes no device buffers, for the bucket's copy to pinned host memory on a side stream).
+    waits for that event; over MPI, the collectives run on the comm thread (Comm.start), which
+    waits for the event first (and, for an MPI that takes no device buffers, for the bucket's
+    copy to pinned host memory on a side stream).
 
     With `zero=1` (ZeRO-1) each bucket is reduce-scattered instead: a rank receives the sums
     of the part of the bucket inside its shard (comm.shard), and finish() leaves the average
@@ -359,13 +380,14 @@ class GradientAllreduce:
             self.pending.append(self.mpi_sum(self.store.grad, start, stop))
             self.host_seconds += time.perf_counter() - started
             return
-        backward_done = self.xp.cuda.get_current_stream().record()
-        self.side.wait_event(backward_done)
+        backward_done = DeviceReady(self.xp)
         if self.kind == "nccl":
+            self.side.wait_event(backward_done.event)
             self.nccl_sum(start, stop)
         elif self.staged is not None:
+            self.side.wait_event(backward_done.event)
             self.store.grad[start:stop].get(out=self.staged[start:stop], stream=self.side, blocking=False)
-            self.pending.append(self.mpi_sum(self.staged, start, stop, after=self.side.record()))
+            self.pending.append(self.mpi_sum(self.staged, start, stop, after=DeviceReady(self.xp, self.side)))
         else:
             self.pending.append(self.mpi_sum(self.store.grad, start, stop, after=backward_done))
 
@@ -417,17 +439,16 @@ class GradientAllreduce:
         if self.on_device and self.kind == "nccl":
             self.wait_for_side("the gradient allreduce")
         average = self.store.grad.dtype.type(1.0 / self.comm.world_size)
-        stream = self.xp.cuda.get_current_stream() if self.on_device else None
         if self.shard is not None:
             grad = self.store.grad[self.shard]
             if self.staged is not None:
-                grad.set(self.reduced, stream=stream)
-                grad *= average
+                grad.set(self.reduced)  # not waited for: the buffer's next writer, next step's MPI
+                grad *= average         # call, waits for an event the compute stream records later
             else:
                 self.xp.multiply(self.reduced, average, out=grad)
         else:
             if self.staged is not None:
-                self.store.grad.set(self.staged, stream=stream)
+                self.store.grad.set(self.staged)
             self.store.grad *= average
         self.end_span(span_start, started)
 
@@ -448,8 +469,8 @@ class GradientAllreduce:
         return seconds
 
     def wait_for_side(self, what):
-        """Make the compute stream wait for NCCL's, and the host for both, up to comm_timeout:
-        a timed-out communicator is aborted."""
+        """Wait for NCCL's stream, up to comm_timeout (a timed-out communicator is aborted), and
+        order the compute stream after it."""
         done = self.side.record()
         deadline = time.monotonic() + self.comm.timeout
         while not done.done:
@@ -475,10 +496,10 @@ class GradientAllreduce:
             self.comm.allgather_shards(data)
             self.end_span(None, started)
             return
-        updated = self.xp.cuda.get_current_stream().record()
+        updated = DeviceReady(self.xp)
         if self.kind == "nccl":
             from cupy.cuda import nccl
-            self.side.wait_event(updated)
+            self.side.wait_event(updated.event)
             nccl.groupStart()
             for owner, (count, offset) in enumerate(zip(*self.layout)):
                 part = data[offset:offset + count]
@@ -488,10 +509,10 @@ class GradientAllreduce:
         elif self.staged is not None:  # the gradients are in place by now, so their buffer is free
             data[self.shard].get(out=self.staged[self.shard])
             self.comm.allgather_shards(self.staged)
-            data.set(self.staged, stream=self.xp.cuda.get_current_stream())
+            data.set(self.staged)
         else:
             self.comm.allgather_shards(data, after=updated)
-        self.end_span(updated, started)
+        self.end_span(updated.event, started)
 
 
 def nccl_communicator(comm):

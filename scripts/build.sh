@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv if it is missing and install nano2 into it (editable, with the test tools).
+# Create .venv if it is missing and install nano2 into it (editable, with the test tools and NVRTC).
 # --if-needed: only when it was never built here or pyproject.toml changed since.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +11,7 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e ".[test]"
+.venv/bin/python -m pip install --quiet -e ".[test,nvrtc]"
 # The stamp lets test.sh and run_local.sh skip this step until pyproject.toml changes.
 touch .venv/.nano2-built
 echo "nano2 installed in $(pwd)/.venv"

@@ -61,10 +61,10 @@ timing=("$python" -c "import sys; from train.timing import entry; entry(sys.argv
     echo '```'
     echo
 } >"$partial"
-step "GPU tests" 300 "$python" -m pytest -q -rs tests/test_gpu.py tests/test_comm_gpu.py
+step "GPU tests" 240 "$python" -m pytest -q -rs tests/test_gpu.py tests/test_comm_gpu.py
 for config in configs/nano2.json configs/gpt2-small.json; do
-    step "nano2_fw, $config" 60 "${timing[@]}" nano2_fw --config "$config" --fw-iters 10
-    step "nano2_fwbw --profile, $config" 90 "${timing[@]}" nano2_fwbw --config "$config" --fwbw-iters 5 --profile
+    step "nano2_fw, $config" 45 "${timing[@]}" nano2_fw --config "$config" --fw-iters 10
+    step "nano2_fwbw --profile, $config" 75 "${timing[@]}" nano2_fwbw --config "$config" --fwbw-iters 5 --profile
 done
 mv "$partial" "$report"
 echo "gpu_check: wrote $report$([ "$failed" -eq 0 ] || echo '; some steps failed, see there')" >&2

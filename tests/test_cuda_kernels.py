@@ -34,7 +34,7 @@ def test_every_source_is_checked():
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 @pytest.mark.parametrize("source", SOURCES, ids=os.path.basename)
 def test_nvrtc_compiles(source, arch):
-    nvrtc = pytest.importorskip("cuda.bindings.nvrtc", reason="needs cuda-bindings (the test extra)")
+    nvrtc = pytest.importorskip("cuda.bindings.nvrtc", reason="needs cuda-bindings (the nvrtc extra)")
     with open(source, "rb") as f:
         err, program = nvrtc.nvrtcCreateProgram(f.read(), os.path.basename(source).encode(), 0, [], [])
     names = launch.NAME_EXPRESSIONS[os.path.basename(source)]

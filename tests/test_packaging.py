@@ -1,5 +1,5 @@
 """The two GPU installs, pyproject's cuda12 and cuda13 extras, proven without a GPU: each resolves
-(pip, against the package index) to a CuPy and the CUDA pieces it loads at run time (the runtime,
+(pip, against the package index, beside the test extra) to a CuPy and the CUDA pieces it loads at run time (the runtime,
 NVRTC, cuBLAS, NCCL) of one CUDA major version, and that CuPy imports the GPU backend, which then
 says in one line that there is no device; installed without its NCCL, comm=nccl is refused in one
 line."""
@@ -22,9 +22,9 @@ def pip(*args, timeout=600):
 
 
 def resolved(extra, tmp_path):
-    """{package: version} that `pip install .[extra]` would install into an empty environment."""
+    """{package: version} that `pip install .[test,extra]` would install into an empty environment."""
     report = tmp_path / "report.json"
-    pip("install", "--dry-run", "--ignore-installed", "--quiet", "--report", str(report), f"{ROOT}[{extra}]")
+    pip("install", "--dry-run", "--ignore-installed", "--quiet", "--report", str(report), f"{ROOT}[test,{extra}]")
     return {p["metadata"]["name"].lower(): p["metadata"]["version"] for p in json.loads(report.read_text())["install"]}
 
 

@@ -29,9 +29,11 @@ def time_steps(step, iters, warmup, world, xp, sync=None):
         started = time.perf_counter()
         step()
         synchronize(xp)
+        elapsed = time.perf_counter() - started
+        communication = sync.take_comm_seconds() if sync is not None else 0.0  # every call's own
         if i >= warmup:
-            seconds.append(time.perf_counter() - started)
-            comm_seconds.append(sync.take_comm_seconds() if sync is not None else 0.0)
+            seconds.append(elapsed)
+            comm_seconds.append(communication)
     return seconds, comm_seconds
 
 
