@@ -1,4 +1,4 @@
-"""The token embedding, scaled by √d (x = √d · E[idx]), and its tied use as the output head
+"""The token embedding, scaled by √d (x = √d · E[idx]; by 1 in GPT-2), and its tied use as the output head
 (logits = h Eᵀ). One matrix E (V, d), two uses, so E's gradient is the sum of both.
 
 Derivation: the lookup copies row idx[n] of E, so dE[v] = √d · Σ_{n: idx[n] = v} dy[n]
@@ -37,14 +37,15 @@ def tied_head_backward(dlogits, cache):
 class TokenEmbedding:
     kind = "embedding"
 
-    def __init__(self, store, name):
+    def __init__(self, store, name, scaled=True):
         self.name = name
         self.weight = store.params[f"{name}.weight"]
         self.weight_grad = store.grads[f"{name}.weight"]
         self.parameter_names = (f"{name}.weight",)
         # "Attention Is All You Need" §3.4: without √d the N(0, 0.02) rows sit far under the
-        # unit-size sinusoids added next (DESIGN.md measures what that costs).
-        self.scale = math.sqrt(self.weight.shape[1])
+        # unit-size sinusoids added next (DESIGN.md measures what that costs); GPT-2, whose
+        # learned positions start as small as the rows, scales by 1.
+        self.scale = math.sqrt(self.weight.shape[1]) if scaled else 1.0
 
     def forward(self, idx):
         y, self.cache = embedding_forward(idx, self.weight, self.scale)

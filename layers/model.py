@@ -1,5 +1,6 @@
-"""The nano2 decoder: √d · E[idx] + sinusoidal positions, L pre-LN blocks, a final LayerNorm,
-and logits through the embedding's own matrix (the tied head); mean cross-entropy on top.
+"""The nano2 decoder: √d · E[idx] + sinusoidal positions (or GPT-2's E[idx] + learned ones),
+L pre-LN blocks, a final LayerNorm, and logits through the embedding's own matrix (the tied
+head); mean cross-entropy on top.
 
 Backward runs the same layers in reverse. The only join is E: the head's gradient and the
 embedding's both add into one buffer, which is what tying means for the gradient.
@@ -14,7 +15,7 @@ from engine.params import ParameterStore
 from layers.block import Block
 from layers.embedding import TiedHead, TokenEmbedding
 from layers.layernorm import LayerNorm
-from layers.positions import SinusoidalPositions
+from layers.positions import LearnedPositions, SinusoidalPositions
 from layers.xent import CrossEntropy
 
 
@@ -29,6 +30,8 @@ class ModelConfig:
     n_head: int = 4
     d_ff: int = 512
     seq_len: int = 128            # the longest sequence; the position table has this many rows
+    positions: str = "sinusoidal"  # "sinusoidal" (computed) or "learned" (GPT-2's, pos_emb.weight)
+    scale_embedding: bool = True  # x = √d · E[idx] (nano2), or E[idx] (GPT-2)
 
     def model_config(self):
         """The model's keys alone (of a run's Config too), as a ModelConfig."""
@@ -40,6 +43,8 @@ def parameter_shapes(config):
     (DESIGN.md's table)."""
     d, d_ff = config.d_model, config.d_ff
     shapes = [("tok_emb.weight", (config.vocab_size, d))]
+    if config.positions == "learned":
+        shapes.append(("pos_emb.weight", (config.seq_len, d)))
     for i in range(config.n_layer):
         p = f"blocks.{i}"
         shapes += [
@@ -86,8 +91,9 @@ class Decoder:
         self.config = config = config.model_config()
         self.xp = xp
         self.store = store or ParameterStore(parameter_shapes(config), dtype, xp)
-        self.embedding = TokenEmbedding(self.store, "tok_emb")
-        self.positions = SinusoidalPositions(config.seq_len, config.d_model, self.store.dtype, xp)
+        self.embedding = TokenEmbedding(self.store, "tok_emb", config.scale_embedding)
+        self.positions = (LearnedPositions(self.store) if config.positions == "learned"
+                          else SinusoidalPositions(config.seq_len, config.d_model, self.store.dtype, xp))
         self.blocks = [Block(self.store, f"blocks.{i}", config.n_head) for i in range(config.n_layer)]
         self.ln_f = LayerNorm(self.store, "ln_f")
         self.head = TiedHead(self.embedding)
@@ -133,18 +139,21 @@ class Decoder:
 
     def gradient_buckets(self):
         """{layer name: (start, stop)} of the flat gradient buffer for each name backward passes
-        to grads_ready (tok_emb, each block, ln_f): contiguous, as the store lays them out."""
+        to grads_ready (tok_emb, with the learned positions, each block, ln_f): contiguous, as the
+        store lays them out."""
         buckets = {}
-        for layer in (self.embedding, *self.blocks, self.ln_f):
-            spans = [self.store.span(name) for name in parameter_names(layer)]
-            buckets[layer.name] = (min(s.start for s in spans), max(s.stop for s in spans))
+        for name, layers in ((self.embedding.name, (self.embedding, self.positions)),
+                             *((layer.name, (layer,)) for layer in (*self.blocks, self.ln_f))):
+            spans = [self.store.span(p) for layer in layers for p in parameter_names(layer)]
+            buckets[name] = (min(s.start for s in spans), max(s.stop for s in spans))
         return buckets
 
     def backward(self, dloss=1.0, grads_ready=None):
         """Add dloss · d loss / d parameter into the store's gradient buffer (call forward with
         targets first); dloss = 1/k averages the gradients of k accumulated micro-batches.
         grads_ready(name), if given, is called as soon as the gradients of ln_f, of each block
-        and of tok_emb are final, so their allreduce can start while backward goes on."""
+        and of tok_emb (and the learned positions) are final, so their allreduce can start while
+        backward goes on."""
         notify = grads_ready or (lambda name: None)
         dx = self.ln_f.backward(self.head.backward(self.xent.backward(dloss)))
         notify(self.ln_f.name)

@@ -41,6 +41,16 @@ def test_check_passes_on_the_model(capsys):
     assert status == 0 and "agrees with central differences" in out
 
 
+def test_trace_and_check_name_the_learned_positions(capsys):
+    gpt2 = [*SMALL, "--positions=learned", "--scale_embedding=false"]
+    status, out, _ = run(["trace", *gpt2], capsys)
+    assert status == 0 and "pos_emb.weight" in out
+    rows = [line.split()[1:3] for line in out.splitlines()[1:] if line[:3].strip().isdigit()]
+    assert ["pos_emb", "backward"] in rows
+    status, out, _ = run(["check", *gpt2], capsys)
+    assert status == 0 and "agrees with central differences" in out
+
+
 def test_check_names_a_planted_wrong_backward_and_no_earlier_layer(monkeypatch, capsys):
     import layers.ffn
     correct = layers.ffn.gelu_backward

@@ -102,9 +102,11 @@ def test_adamw_kernel():
         assert kernel_error(a, b) <= 1e-12
 
 
+@pytest.mark.parametrize("options", [[], ["--positions=learned", "--scale_embedding=false"]],
+                         ids=["nano2", "gpt2-input"])
 @pytest.mark.parametrize("dtype, tol", [("float64", 1e-10), ("float32", 1e-4)])
-def test_whole_model_matches_the_cpu_backend(dtype, tol):
-    cfg = load_config("configs/tiny.json", [f"--dtype={dtype}", "--seq_len=64"])
+def test_whole_model_matches_the_cpu_backend(dtype, tol, options):
+    cfg = load_config("configs/tiny.json", [f"--dtype={dtype}", "--seq_len=64", *options])
     idx, targets = random_batch(np.random.default_rng(3), 2, 64, cfg.vocab_size)
     cpu_model = build_model(cfg)
     cfg.device = "gpu"

@@ -14,7 +14,7 @@ from layers.embedding import (embedding_backward, embedding_forward, tied_head_b
 from layers.ffn import gelu_backward, gelu_forward
 from layers.layernorm import layernorm_backward, layernorm_forward
 from layers.linear import linear_backward, linear_forward
-from layers.positions import positions_backward, positions_forward, sinusoidal_table
+from layers.positions import learned_positions_backward, positions_backward, positions_forward, sinusoidal_table
 from layers.xent import cross_entropy_backward, cross_entropy_forward
 
 
@@ -91,6 +91,18 @@ def test_positions(rng):
     x, g = rng.normal(size=(2, 4, 6)), rng.normal(size=(2, 4, 6))
     dx = positions_backward(g)
     assert_grad_close(dx, lambda: (positions_forward(x, table) * g).sum(), x, "dx")
+
+
+def test_learned_positions(rng):
+    table = rng.normal(size=(10, 6))  # seq_len 10 rows; a sequence of 4 uses the first 4
+    x, g = rng.normal(size=(2, 4, 6)), rng.normal(size=(2, 4, 6))
+    dtable = np.ones_like(table)  # the backward adds into the gradient that is there
+    dx = learned_positions_backward(g, dtable)
+    dtable -= 1
+    loss = lambda: (positions_forward(x, table) * g).sum()  # noqa: E731
+    assert_grad_close(dx, loss, x, "dx")
+    assert_grad_close(dtable, loss, table, "dP")
+    np.testing.assert_array_equal(dtable[4:], 0)
 
 
 def test_sinusoidal_table_follows_the_formula():

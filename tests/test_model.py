@@ -13,17 +13,22 @@ from train.data import random_batch
 SMALL = dict(vocab_size=11, d_model=8, n_layer=2, n_head=2, d_ff=12, seq_len=6)
 
 
-def small_model(dtype=np.float64, seed=0):
-    model = Decoder(ModelConfig(**SMALL), dtype=dtype)
+GPT2_OPTIONS = dict(positions="learned", scale_embedding=False)  # GPT-2's input: E[idx] + a learned table
+
+
+def small_model(dtype=np.float64, seed=0, **options):
+    model = Decoder(ModelConfig(**SMALL, **options), dtype=dtype)
     init_parameters(model.store, SMALL["n_layer"], seed)
     # Larger than the N(0, 0.02) init, so every path carries a gradient well above rounding.
     model.store.data[...] += np.random.default_rng(seed).normal(0, 0.3, model.store.numel).astype(dtype)
     return model
 
 
-def test_every_parameter_entry_matches_central_differences():
-    model = small_model()
-    idx, targets = random_batch(np.random.default_rng(1), 3, 6, SMALL["vocab_size"])
+@pytest.mark.parametrize("options", [{}, GPT2_OPTIONS], ids=["nano2", "gpt2-input"])
+def test_every_parameter_entry_matches_central_differences(options):
+    model = small_model(**options)
+    assert ("pos_emb.weight" in model.store.shapes) == bool(options)
+    idx, targets = random_batch(np.random.default_rng(1), 3, 5, SMALL["vocab_size"])  # 5 of seq_len's 6 rows
     model.forward(idx, targets)
     model.backward()
     loss = lambda: model.forward(idx, targets)[1]

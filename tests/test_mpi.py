@@ -161,8 +161,9 @@ def test_threads_are_shared_among_local_ranks():
     assert threads_per_rank(local_size=2, cpu_count=16, affinity=3) == 3, "a bound rank keeps its cores"
 
 
-def test_buckets_tile_the_gradient_buffer():
-    model = Decoder(ModelConfig(256, 16, 3, 2, 32, 8))
+@pytest.mark.parametrize("positions", ["sinusoidal", "learned"])
+def test_buckets_tile_the_gradient_buffer(positions):
+    model = Decoder(ModelConfig(256, 16, 3, 2, 32, 8, positions=positions))
     store, buckets = model.store, model.gradient_buckets()
     assert list(buckets) == ["tok_emb", "blocks.0", "blocks.1", "blocks.2", "ln_f"]
     edges = sorted(buckets.values())

@@ -12,20 +12,22 @@ from torch_reference import torch_loss  # noqa: E402
 SIZES = dict(vocab_size=256, d_model=64, n_layer=3, n_head=4, d_ff=256, seq_len=32)
 
 
+@pytest.mark.parametrize("options", [{}, dict(positions="learned", scale_embedding=False)],
+                         ids=["nano2", "gpt2-input"])
 @pytest.mark.parametrize("dtype, loss_tol, grad_tol", [
     (np.float64, 1e-10, 1e-8),
     (np.float32, 1e-5, 1e-4),
 ])
-def test_loss_and_gradients_match_pytorch(dtype, loss_tol, grad_tol):
-    model = Decoder(ModelConfig(**SIZES), dtype=dtype)
+def test_loss_and_gradients_match_pytorch(dtype, loss_tol, grad_tol, options):
+    model = Decoder(ModelConfig(**SIZES, **options), dtype=dtype)
     init_parameters(model.store, SIZES["n_layer"], seed=11)
-    idx, targets = random_batch(np.random.default_rng(12), 3, SIZES["seq_len"], SIZES["vocab_size"])
+    idx, targets = random_batch(np.random.default_rng(12), 3, SIZES["seq_len"] - 3, SIZES["vocab_size"])
     _, loss = model.forward(idx, targets)
     model.backward()
 
     params = {name: torch.tensor(value.copy(), requires_grad=True) for name, value in model.store.params.items()}
     reference_loss = torch_loss(params, torch.tensor(idx), torch.tensor(targets),
-                                SIZES["n_layer"], SIZES["n_head"])
+                                SIZES["n_layer"], SIZES["n_head"], **options)
     reference_loss.backward()
 
     assert float(loss) == pytest.approx(reference_loss.item(), rel=loss_tol)

@@ -155,6 +155,18 @@ def test_checkpoint_from_another_config_is_refused(small_args, capsys):
     assert err.strip().endswith("is from a different config: d_model is 32 there and 48 here")
 
 
+def test_learned_positions_train_resume_and_hold_their_seq_len(small_args, capsys):
+    gpt2 = small_args + ["--positions=learned", "--scale_embedding=false"]
+    assert run_train(gpt2 + ["--max_steps=2", "--eval_interval=2"]) == 0
+    assert run_train(gpt2 + ["--max_steps=4", "--eval_interval=2", "--resume"]) == 0
+    status, err = run_train(gpt2 + ["--max_steps=6", "--seq_len=64", "--resume"], capsys)
+    assert status == 2  # the table has seq_len rows: unlike the sinusoids', they cannot grow
+    assert err.strip().endswith("is from a different config: seq_len is 32 there and 64 here")
+    status, err = run_train(small_args + ["--max_steps=6", "--resume"], capsys)
+    assert status == 2
+    assert err.strip().endswith("is from a different config: positions is learned there and sinusoidal here")
+
+
 def test_a_new_run_will_not_overwrite_an_old_one(small_args, capsys):
     assert run_train(small_args + ["--max_steps=2", "--eval_interval=2"]) == 0
     status, err = run_train(small_args + ["--max_steps=2"], capsys)

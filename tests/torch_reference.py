@@ -7,13 +7,16 @@ import torch
 F = torch.nn.functional
 
 
-def torch_loss(p, idx, targets, n_layer, n_head):
+def torch_loss(p, idx, targets, n_layer, n_head, positions="sinusoidal", scale_embedding=True):
     V, d = p["tok_emb.weight"].shape
     B, T = idx.shape
-    position = torch.arange(T, dtype=p["tok_emb.weight"].dtype)[:, None]
-    angle = position / 10000 ** (torch.arange(0, d, 2, dtype=position.dtype) / d)
-    pe = torch.stack([torch.sin(angle), torch.cos(angle)], dim=-1).reshape(T, d)
-    x = math.sqrt(d) * p["tok_emb.weight"][idx] + pe
+    if positions == "learned":  # GPT-2's wpe
+        pe = p["pos_emb.weight"][:T]
+    else:
+        position = torch.arange(T, dtype=p["tok_emb.weight"].dtype)[:, None]
+        angle = position / 10000 ** (torch.arange(0, d, 2, dtype=position.dtype) / d)
+        pe = torch.stack([torch.sin(angle), torch.cos(angle)], dim=-1).reshape(T, d)
+    x = (math.sqrt(d) if scale_embedding else 1.0) * p["tok_emb.weight"][idx] + pe
     for i in range(n_layer):
         b = lambda name: p[f"blocks.{i}.{name}"]  # noqa: E731
         h = F.layer_norm(x, (d,), b("ln1.weight"), b("ln1.bias"), eps=1e-5)

@@ -15,9 +15,10 @@ from engine.errors import UserError
 from engine.params import read_safetensors, write_safetensors
 from layers.model import ModelConfig
 
-# The keys a checkpoint's model must share with the config it loads into; seq_len may differ,
-# since the position table is computed, not learned.
+# The keys a checkpoint's model must share with the config it loads into; seq_len may differ
+# where the position table is computed, not learned. A key a checkpoint predates has its default.
 MODEL_KEYS = tuple(f.name for f in fields(ModelConfig) if f.name != "seq_len")
+MODEL_DEFAULTS = {f.name: f.default for f in fields(ModelConfig)}
 FORMAT = "nano2 checkpoint"
 
 
@@ -75,10 +76,11 @@ def read_checkpoint(path, cfg):
     """(tensors, metadata) of a checkpoint that fits cfg's model, or a UserError saying why not."""
     tensors, metadata = read_any_checkpoint(path)
     saved = metadata["config"]
-    for key in MODEL_KEYS:
-        if saved.get(key) != getattr(cfg, key):
-            raise UserError(f"{path} is from a different config: {key} is {saved.get(key)} there and "
-                            f"{getattr(cfg, key)} here")
+    keys = MODEL_KEYS + (("seq_len",) if cfg.positions == "learned" else ())
+    for key in keys:
+        if saved.get(key, MODEL_DEFAULTS[key]) != getattr(cfg, key):
+            raise UserError(f"{path} is from a different config: {key} is {saved.get(key, MODEL_DEFAULTS[key])} "
+                            f"there and {getattr(cfg, key)} here")
     step, best = metadata.get("step"), metadata.get("best_val_loss")
     if type(step) is not int or step < 0 or not isinstance(best, (int, float)) or isinstance(best, bool):
         raise UserError(f"{path} is damaged: its metadata needs a step count and a best validation loss")

@@ -66,7 +66,8 @@ POSITIVE = ("vocab_size", "d_model", "n_layer", "n_head", "d_ff", "seq_len", "ba
             "max_steps", "lr", "comm_timeout", "eval_interval", "eval_iters", "log_interval", "keep_checkpoints")
 NON_NEGATIVE = ("seed", "threads", "min_lr", "warmup_steps", "weight_decay", "adam_eps", "grad_clip", "tokens_per_step")
 CHOICES = {"dtype": tuple(DTYPES), "device": DEVICES, "comm": COMM_KINDS, "cuda_aware_mpi": ("auto", "yes", "no"),
-           "tokenizer": tuple(TOKENIZERS), "wandb_mode": ("offline", "online", "disabled")}
+           "tokenizer": tuple(TOKENIZERS), "wandb_mode": ("offline", "online", "disabled"),
+           "positions": ("sinusoidal", "learned")}
 
 
 def typed_value(key, value, source):
