@@ -93,16 +93,17 @@ def write_safetensors(path, tensors, metadata):
         os.close(dir_fd)
 
 
-def read_safetensors(path):
-    """(tensors, metadata) from a safetensors file; a missing, truncated or corrupt file is a UserError.
-    Metadata values that hold JSON come back decoded."""
+def read_safetensors(path, tensors=True):
+    """(tensors, metadata) from a safetensors file ({} for tensors when not asked for: the header
+    alone is read); a missing, truncated or corrupt file is a UserError. Metadata values that hold
+    JSON come back decoded."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise UserError(f"no such file: {path}")
     try:
         with safe_open(path, framework="numpy") as f:
             raw_metadata = f.metadata() or {}
-            tensors = {name: f.get_tensor(name) for name in f.keys()}
+            tensors = {name: f.get_tensor(name) for name in f.keys()} if tensors else {}
     except (SafetensorError, OSError, ValueError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"{path} is not a readable safetensors file ({reason})") from None

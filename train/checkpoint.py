@@ -64,12 +64,29 @@ def keep_last(out_dir, k):
         os.remove(path)
 
 
-def read_any_checkpoint(path):
+def read_any_checkpoint(path, tensors=True):
     """(tensors, metadata) of a nano2 checkpoint, whatever model it holds, or a UserError."""
-    tensors, metadata = read_safetensors(path)
+    tensors, metadata = read_safetensors(path, tensors)
     if metadata.get("format") != FORMAT or not isinstance(metadata.get("config"), dict):
         raise UserError(f"{path} is not a nano2 checkpoint")
     return tensors, metadata
+
+
+def checkpoint_model(path):
+    """The model keys of a checkpoint's config (those it predates at their defaults), and the
+    tokenizer its model reads; from the file's header alone."""
+    saved = read_any_checkpoint(path, tensors=False)[1]["config"]
+    return {key: saved.get(key, default) for key, default in MODEL_DEFAULTS.items()} | {
+        "tokenizer": saved.get("tokenizer", "byte")}
+
+
+def load_parameters(path, model):
+    """Start `model` from a checkpoint's parameters (any nano2 checkpoint of its shape); a model of
+    shorter sequences takes the first rows of learned positions (nanoGPT's crop_block_size)."""
+    tensors = read_any_checkpoint(path)[0]
+    if model.config.positions == "learned" and "pos_emb.weight" in tensors:
+        tensors["pos_emb.weight"] = tensors["pos_emb.weight"][:model.config.seq_len]
+    model.store.load_tensors(tensors, path)
 
 
 def read_checkpoint(path, cfg):

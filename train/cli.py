@@ -74,10 +74,16 @@ def make_folder(path, flag):
         raise UserError(f"--{flag}={path}: cannot write in this folder ({e.strerror})") from None
 
 
-def parse_with_config(parser, argv=None):
-    """(args, cfg): the command's own flags, and the config from --config plus any overrides."""
+def parse_with_config(parser, argv=None, checkpoint_flag=None):
+    """(args, cfg): the command's own flags, and the config from --config plus any overrides,
+    over the model of the checkpoint that the flag named `checkpoint_flag` gives, if any."""
     args, rest = parser.parse_known_args(argv)
-    return args, load_config(args.config, rest)
+    return args, load_config(args.config, rest, getattr(args, checkpoint_flag) if checkpoint_flag else None)
+
+
+def add_checkpoint_argument(parser, flag="--ckpt"):
+    parser.add_argument(flag, metavar="CKPT", help="start from this nano2 checkpoint's parameters, its model's "
+                        "shape and tokenizer (an imported one too) instead of a fresh init")
 
 
 def user_message(error):

@@ -13,6 +13,7 @@ from engine.backend import DEVICES, DTYPES
 from engine.comm import COMM_KINDS, DEFAULT_TIMEOUT
 from engine.errors import UserError
 from layers.model import ModelConfig
+from train.checkpoint import MODEL_KEYS, checkpoint_model
 from train.tokenizer import TOKENIZERS
 
 
@@ -137,9 +138,12 @@ def config_from_dict(values, source):
     return cfg
 
 
-def load_config(path=None, overrides=()):
+def load_config(path=None, overrides=(), model_from=None):
     """The Config from JSON file `path` (or the defaults), with overrides applied: command-line
-    words of the form `--key=value` or `--key value` (dashes in keys read as underscores)."""
+    words of the form `--key=value` or `--key value` (dashes in keys read as underscores).
+    With model_from (a checkpoint's path) the model's keys and tokenizer come from there, and a
+    model key said otherwise must agree; seq_len may differ where positions are computed, and be
+    shorter where they are learned (the table is then cropped, as nanoGPT's crop_block_size)."""
     values = {}
     if path is not None:
         if not os.path.isfile(path):
@@ -164,6 +168,30 @@ def load_config(path=None, overrides=()):
                 raise UserError(f"--{key} needs a value")
             value = items.pop(0)
         values[key] = typed_value(key, value, f"--{key}")
+    if model_from is not None:
+        values = with_checkpoint_model(values, model_from)
     cfg = Config(**values)
     validate(cfg)
     return cfg
+
+
+def cover_seq_len(cfg, seq_len):
+    """Make cfg's model take sequences of seq_len tokens: a computed position table grows to
+    them, a learned one cannot (its rows are parameters)."""
+    if seq_len > cfg.seq_len and cfg.positions == "learned":
+        raise UserError(f"sequences of {seq_len} tokens are longer than the learned positions' {cfg.seq_len} rows")
+    cfg.seq_len = max(cfg.seq_len, seq_len)
+
+
+def with_checkpoint_model(values, path):
+    """`values` (the keys a config file and the command line said) over a checkpoint's model, or a
+    UserError naming a said model key that would change the checkpoint's model."""
+    model = checkpoint_model(path)
+    for key in MODEL_KEYS:
+        if key in values and values[key] != model[key]:
+            raise UserError(f"{key} {values[key]} would change the model of {path} ({key} {model[key]} there); "
+                            f"the model's shape comes from the checkpoint")
+    if model["positions"] == "learned" and values.get("seq_len", 0) > model["seq_len"]:
+        raise UserError(f"seq_len {values['seq_len']} is longer than the {model['seq_len']} learned positions "
+                        f"of {path}")
+    return model | values

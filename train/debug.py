@@ -25,7 +25,7 @@ from engine.backend import to_numpy
 from engine.errors import UserError
 from engine.params import read_safetensors, write_safetensors
 from layers.model import parameter_names
-from train.cli import ArgumentParser, not_negative, positive, run_main
+from train.cli import ArgumentParser, add_checkpoint_argument, not_negative, positive, run_main
 from train.config import load_config
 from train.data import TokenData, random_batch
 from train.finite_differences import EPS, TOLERANCE, central_differences, relative_error, sample_entries
@@ -51,9 +51,10 @@ def write_state(model, cfg, idx, targets, path):
     return float(loss)
 
 
-def setup(cfg, dtype=None):
-    """The model and this rank's batch: its rows of a seeded random batch, or, given --data_dir,
-    of the first validation batch of that prepared folder."""
+def setup(cfg, ckpt=None, dtype=None):
+    """The model (from checkpoint `ckpt`'s parameters when given) and this rank's batch: its rows
+    of a seeded random batch, or, given --data_dir, of the first validation batch of that prepared
+    folder."""
     world = comm.world()
     if cfg.data_dir:
         data = TokenData(cfg.data_dir)
@@ -65,7 +66,7 @@ def setup(cfg, dtype=None):
         idx, targets = random_batch(np.random.default_rng(cfg.seed), rows, cfg.seq_len, cfg.vocab_size)
         mine = slice(world.rank * cfg.batch_size, (world.rank + 1) * cfg.batch_size)
         idx, targets = idx[mine], targets[mine]
-    model, _ = set_up_rank(cfg, dtype)
+    model, _ = set_up_rank(cfg, dtype, ckpt)
     return model, model.xp.asarray(idx), model.xp.asarray(targets)
 
 
@@ -104,7 +105,7 @@ def print_event_tensors(event):
 
 
 def trace_command(args, cfg):
-    model, idx, targets = setup(cfg)
+    model, idx, targets = setup(cfg, args.ckpt)
     tracer = traced_step(model, idx, targets)
     print(f"{'#':>3} {'layer':<22} {'phase':<8} {'ms':>7}  {SUMMARY_HEADER}")
     for e in tracer.events:
@@ -146,7 +147,7 @@ def check_layer(model, name, layer, inputs, upstream, n_samples, rng):
 
 
 def check_command(args, cfg):
-    model, idx, targets = setup(cfg, dtype="float64")
+    model, idx, targets = setup(cfg, args.ckpt, dtype="float64")
     tracer = traced_step(model, idx, targets)
     last_forward = {}
     rng = np.random.default_rng(0)
@@ -173,7 +174,7 @@ def check_command(args, cfg):
 
 
 def nonfinite_command(args, cfg):
-    model, idx, targets = setup(cfg)
+    model, idx, targets = setup(cfg, args.ckpt)
     store = model.store
     bad_gradients = {}  # event index: the first parameter whose gradient was non-finite right after it
 
@@ -207,7 +208,7 @@ def dump_path(path, world):
 
 
 def dump_command(args, cfg):
-    model, idx, targets = setup(cfg)
+    model, idx, targets = setup(cfg, args.ckpt)
     tracer = traced_step(model, idx, targets)
     tensors = {}
     for e in tracer.events:
@@ -323,7 +324,7 @@ def breakpoint_error(layer_names, breakpoint):
 
 
 def step_command(args, cfg):
-    model, idx, targets = setup(cfg)
+    model, idx, targets = setup(cfg, args.ckpt)
     names = {name for name, _ in model.named_layers()}
     for breakpoint in args.breaks:
         if breakpoint_error(names, breakpoint):
@@ -335,7 +336,7 @@ def step_command(args, cfg):
 
 
 def state_command(args, cfg):
-    model, idx, targets = setup(cfg)
+    model, idx, targets = setup(cfg, args.ckpt)
     loss = write_state(model, cfg, idx, targets, args.out)
     print(f"wrote {args.out}: loss {loss:.6f}, {len(model.store.shapes)} parameters and their "
           f"gradients, batch {cfg.batch_size} x {cfg.seq_len}, {cfg.dtype}")
@@ -351,6 +352,7 @@ def main(argv=None):
         sub = commands.add_parser(name, help=help_text)
         if batch:  # --batch-size, --seq-len, --seed, --dtype, --data-dir are config keys
             sub.add_argument("--config", help="JSON config file (default: the built-in defaults)")
+            add_checkpoint_argument(sub)
         return sub
 
     add("state", "write one step's inputs, logits, loss, parameters and gradients").add_argument(
@@ -373,7 +375,7 @@ def main(argv=None):
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         return diff_command(args)
-    cfg = load_config(args.config, rest)
+    cfg = load_config(args.config, rest, args.ckpt)
     return {"state": state_command, "trace": trace_command, "check": check_command, "step": step_command,
             "dump": dump_command, "nonfinite": nonfinite_command}[args.command](args, cfg)
 

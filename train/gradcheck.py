@@ -13,7 +13,9 @@ import sys
 import numpy as np
 
 from engine.backend import to_numpy
-from train.cli import ArgumentParser, not_negative, parse_with_config, positive, run_main
+from train.checkpoint import load_parameters
+from train.cli import ArgumentParser, add_checkpoint_argument, not_negative, parse_with_config, positive, run_main
+from train.config import cover_seq_len
 from train.data import random_batch
 from train.finite_differences import EPS, TOLERANCE, central_differences, relative_error, sample_entries
 from train.model_setup import build_model
@@ -41,6 +43,7 @@ def check_model(model, model64, idx, targets, n_samples, eps, rng):
 def main(argv=None):
     parser = ArgumentParser(prog="nano2_gradcheck", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="JSON config file (default: the built-in defaults)")
+    add_checkpoint_argument(parser)
     parser.add_argument("--dtype", choices=sorted(TOLERANCE), default="float64",
                         help="dtype of the backward under test (default float64)")
     # A check wants a small batch whatever the config trains with, so these are the tool's own
@@ -50,12 +53,15 @@ def main(argv=None):
     parser.add_argument("--samples", type=positive(int), default=6, help="entries checked per tensor")
     parser.add_argument("--eps", type=positive(float), default=EPS, help=f"finite-difference step (default {EPS:g})")
     parser.add_argument("--tol", type=not_negative(float), help="largest relative error that passes (default by dtype)")
-    args, cfg = parse_with_config(parser, argv)
-    cfg.seq_len = max(cfg.seq_len, args.seq_len)
+    args, cfg = parse_with_config(parser, argv, "ckpt")
+    cover_seq_len(cfg, args.seq_len)
     eps, tol = args.eps, TOLERANCE[args.dtype] if args.tol is None else args.tol
 
     model = build_model(cfg, dtype=args.dtype)
     model64 = build_model(cfg, dtype="float64")
+    if args.ckpt is not None:
+        for m in (model, model64):
+            load_parameters(args.ckpt, m)
     rng = np.random.default_rng(cfg.seed)
     idx, targets = random_batch(rng, args.batch_size, args.seq_len, cfg.vocab_size)
     idx, targets = model.xp.asarray(idx), model.xp.asarray(targets)

@@ -6,16 +6,21 @@ from engine.errors import UserError
 from engine.kernels.launch import ATTENTION_HEAD_SIZES
 from engine.threads import set_threads, threads_per_rank
 from layers.model import Decoder, init_parameters
+from train.checkpoint import load_parameters
 
 
-def set_up_rank(cfg, dtype=None):
+def set_up_rank(cfg, dtype=None, ckpt=None):
     """(model, threads) for this rank: its CPU threads (cfg.threads, or the machine's cores
     shared among its ranks), the bound on its collectives (cfg.comm_timeout) and whether its
-    MPI takes device buffers (cfg.cuda_aware_mpi) set, then build_model."""
+    MPI takes device buffers (cfg.cuda_aware_mpi) set, then build_model, its parameters read
+    from checkpoint `ckpt` when given (each rank reads the file)."""
     world().timeout, world().cuda_aware_mpi = cfg.comm_timeout, cfg.cuda_aware_mpi
     threads = cfg.threads or threads_per_rank(world().local_size)
     set_threads(threads)
-    return build_model(cfg, dtype), threads
+    model = build_model(cfg, dtype)
+    if ckpt is not None:
+        load_parameters(ckpt, model)
+    return model, threads
 
 
 def build_model(cfg, dtype=None):

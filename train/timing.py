@@ -21,7 +21,8 @@ from engine.backend import import_cupy
 from engine.comm import GradientAllreduce
 from engine.flops import forward_flops_per_token, measure_matmul_flops, training_flops_per_token
 from engine.optim import state_bytes
-from train.cli import ArgumentParser, not_negative, parse_with_config, positive, run_main
+from train.cli import ArgumentParser, add_checkpoint_argument, not_negative, parse_with_config, positive, run_main
+from train.config import cover_seq_len
 from train.data import random_batch
 from train.model_setup import set_up_rank
 from train.profiler import run_profile, time_steps
@@ -63,6 +64,7 @@ def make_parser(prog, device, mode):
     parser = ArgumentParser(prog=prog, description=f"Time nano2's {what} on the {device.upper()} "
                                                    f"on random tokens (no optimizer step).")
     parser.add_argument("--config", help="JSON config file (default: the built-in defaults)")
+    add_checkpoint_argument(parser)
     if mode == "fw":
         parser.add_argument("--fw-iters", type=positive(int), default=DEFAULT_ITERS["fw"],
                             help=f"timed forward iterations per rank (default {DEFAULT_ITERS['fw']})")
@@ -92,8 +94,9 @@ def time_model(args, cfg, prog, mode):
     world = comm.world()
     batch_size = args.batch_size or cfg.batch_size
     seq_len = args.seq_len or cfg.seq_len
-    cfg.batch_size, cfg.seq_len = batch_size, max(cfg.seq_len, seq_len)  # the position table covers seq_len
-    model, threads = set_up_rank(cfg)
+    cfg.batch_size = batch_size
+    cover_seq_len(cfg, seq_len)
+    model, threads = set_up_rank(cfg, ckpt=args.ckpt)
     xp = model.xp
     rng = np.random.default_rng([cfg.seed, world.rank])
     idx, targets = (xp.asarray(a) for a in random_batch(rng, batch_size, seq_len, cfg.vocab_size))
@@ -145,6 +148,7 @@ def time_model(args, cfg, prog, mode):
         return None
 
     result = {"command": prog, "mode": mode, "device": cfg.device, "config": args.config or "(defaults)",
+              "ckpt": args.ckpt,
               **dataclasses.asdict(model.config), "parameters": model.store.numel, "dtype": cfg.dtype,
               "batch_size": batch_size, "seq_len": seq_len, "ranks": world.world_size, "threads_per_rank": threads,
               "warmup": args.warmup, "peak_gflops": peak_flops / 1e9, "peak_measured": not args.peak_gflops,
@@ -213,7 +217,7 @@ def print_table(r):
 def main(argv=None, prog="nano2_cpu_fw"):
     device, mode = COMMANDS[prog]
     parser = make_parser(prog, device, mode)
-    args, cfg = parse_with_config(parser, argv)
+    args, cfg = parse_with_config(parser, argv, "ckpt")
     args.iters = args.fw_iters if mode == "fw" else args.fwbw_iters
     if device == "gpu":
         import_cupy("nano2_cpu_fw / nano2_cpu_fwandbw time the CPU")

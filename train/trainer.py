@@ -22,8 +22,8 @@ from engine.comm import GradientAllreduce
 from engine.errors import CommTimeout, UserError
 from engine.flops import measure_matmul_flops, training_flops_per_token
 from engine.optim import AdamW, clip_grad_norm
-from train.checkpoint import (checkpoint_path, keep_last, latest_checkpoint, load_checkpoint, mark_best,
-                              save_checkpoint, step_checkpoints)
+from train.checkpoint import (checkpoint_path, keep_last, latest_checkpoint, load_checkpoint, load_parameters,
+                              mark_best, save_checkpoint, step_checkpoints)
 from train.cli import ArgumentParser, make_folder, parse_with_config, run_main
 from train.data import TokenData, data_dir_for
 from train.model_setup import set_up_rank
@@ -186,11 +186,14 @@ class Run:
         return len(self.data.tokens["val"]) / self.data.val_bytes / math.log(2)
 
 
-def start_or_resume(cfg, resume):
-    """Every rank's model, optimizer and data for cfg, from random weights in a new run folder
-    or from a checkpoint (rank 0 alone prepares data and writes the folder)."""
+def start_or_resume(cfg, resume, init_from=None):
+    """Every rank's model, optimizer and data for cfg, in a new run folder from random weights or
+    from init_from's parameters, or from a checkpoint to resume (rank 0 alone reads checkpoints,
+    prepares data and writes the folder)."""
     world = comm.world()
     model, _ = set_up_rank(cfg)
+    if init_from is not None and world.is_root:
+        load_parameters(init_from, model)
     prepare_on_root(cfg)
     data = TokenData(data_dir_for(cfg))
     data.check_fits(cfg.seq_len, cfg.vocab_size)
@@ -298,11 +301,11 @@ def run_steps(run, stop, bar, log_lines):
                f"bits/byte); checkpoints, metrics.jsonl and loss.png in {cfg.out_dir}")
 
 
-def train(cfg, resume=None):
+def train(cfg, resume=None, init_from=None):
     """Train per cfg; returns the process exit status. Every rank runs this. On a terminal
     rank 0 draws a progress bar; elsewhere (a log file, a batch job) it prints one plain line
     every log_interval steps, as nanoGPT and llm.c do."""
-    run = start_or_resume(cfg, resume)
+    run = start_or_resume(cfg, resume, init_from)
     world = run.world
     if world.is_root:
         print(f"nano2: {run.model.store.numel:,} parameters, {run.tokens_per_step:,} tokens per step "
@@ -333,8 +336,13 @@ def main(argv=None):
     parser.add_argument("--config", help="JSON config file (default: the built-in defaults)")
     parser.add_argument("--resume", nargs="?", const="latest", metavar="CKPT",
                         help="continue from the newest checkpoint in out_dir, or from CKPT")
-    args, cfg = parse_with_config(parser, argv)
-    return train(cfg, args.resume)
+    parser.add_argument("--init_from", "--init-from", metavar="CKPT",
+                        help="a new run from CKPT's parameters (any nano2 checkpoint, an imported one too), "
+                             "its model's shape and tokenizer, with a fresh optimizer at step 0")
+    args, cfg = parse_with_config(parser, argv, "init_from")
+    if args.resume and args.init_from:
+        raise UserError("--resume continues a run and --init_from starts one: give one of them")
+    return train(cfg, args.resume, args.init_from)
 
 
 def entry():
