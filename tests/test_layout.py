@@ -12,7 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("engine", "layers", "train")  # each imports only from itself and those before it
 # Commands whose modules are the command and nothing else others need (the trainer and
 # nano2_prepare's module also hold the training loop and the data preparation they run).
-COMMAND_MODULES = ("train.gradcheck", "train.debug", "train.timing", "train.sample")
+COMMAND_MODULES = ("train.gradcheck", "train.debug", "train.timing", "train.sample", "train.hf")
 
 
 def sources(folders):
