@@ -64,6 +64,11 @@ def test_tinystories_txt_files_with_a_validation_file(tmp_path):
     assert ByteTokenizer().decode(val) == "<|endoftext|>Lily smiled."
 
 
+def test_a_token_past_the_bytes_decodes_as_a_replacement_character():
+    """A byte model's vocabulary may be padded past 256 (an imported GPT-2's of 320, say)."""
+    assert ByteTokenizer().decode([72, 105, 300, 33]) == "Hi\ufffd!"
+
+
 def test_jsonl_and_parquet_with_a_text_column(tmp_path):
     folder = tmp_path / "tables"
     folder.mkdir()

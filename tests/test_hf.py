@@ -368,3 +368,21 @@ def test_every_model_key_has_a_gpt2_counterpart():
     assert [f.name for f in fields(ModelConfig)] == ["vocab_size", "d_model", "n_layer", "n_head", "d_ff", "seq_len",
                                                      "positions", "scale_embedding"]
     assert CHOICES["positions"] == ("sinusoidal", "learned")
+
+
+
+def test_an_imported_model_samples_as_a_trained_one_does(good_gpt2, tmp_path, capsys):
+    """nano2_sample's loading and KV-cached decoding of an imported GPT-2: transformers' greedy tokens."""
+    from train import sample
+    ckpt = tmp_path / "gpt2.safetensors"
+    assert run(hf.import_main, ["--hf", str(good_gpt2), "--out", str(ckpt)], "nano2_import", capsys)[0] == 0
+    status, _, err = run(sample.main, ["--ckpt", str(ckpt), "--prompt", "Once", "--max-new-tokens", "6"],
+                         "nano2_sample", capsys)
+    assert status == 0, err
+    prompt = [0, *b"Once"]
+    model, _ = sample.load_model(str(ckpt))
+    ours = sample.generate(model, prompt, 6, 0.0, 0, np.random.default_rng(0))
+    theirs = transformers.GPT2LMHeadModel.from_pretrained(good_gpt2).eval()
+    with torch.no_grad():
+        expected = theirs.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert ours == expected[0].tolist()

@@ -20,7 +20,9 @@ class ByteTokenizer:
         return np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
 
     def decode(self, tokens):
-        data = bytes(int(t) for t in tokens)
+        """The text of the bytes; a token past them (a model's vocabulary padded beyond 256) reads
+        as U+FFFD, as an invalid byte does (0xFF is never valid UTF-8)."""
+        data = bytes(int(t) if t < 256 else 0xFF for t in tokens)
         return data.decode("utf-8", errors="replace").replace("\0", EOT_TEXT)
 
 
