@@ -10,6 +10,7 @@ import pytest
 
 from engine.backend import to_numpy
 from engine.params import read_safetensors
+from train.cli import run_main
 from train.finite_differences import central_differences, relative_error
 
 KERNEL_TOLERANCE = {np.float32: 1e-5, np.float64: 1e-12}  # relative, against the reference
@@ -43,6 +44,17 @@ def assert_grad_close(analytic, f, x, name="", tol=TOLERANCE):
     assert np.linalg.norm(numeric) > 0, f"{name}: the numeric gradient is zero, so the check says nothing"
     assert err <= tol, f"{name}: relative error {err:.3e} > {tol:g}"
     return err
+
+
+def run_command(main, argv, prog, capsys):
+    """(exit status, stdout, stderr) of a command's main(argv), as its entry point would end."""
+    capsys.readouterr()
+    try:
+        status = run_main(lambda: main(argv), prog)
+    except SystemExit as e:
+        status = e.code
+    out = capsys.readouterr()
+    return status, out.out, out.err
 
 
 def final_parameters(run_dir, step):

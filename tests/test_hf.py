@@ -12,7 +12,7 @@ from dataclasses import fields
 
 import numpy as np
 import pytest
-from helpers import relative_difference
+from helpers import relative_difference, run_command
 from safetensors.numpy import save_file
 
 from engine.params import read_safetensors, write_safetensors
@@ -33,17 +33,6 @@ GPT2_SMALL = {"vocab_size": 320, "n_positions": 24, "n_embd": 32, "n_layer": 2, 
               "eos_token_id": 0, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
 NANO2_INPUT = {"positions": "sinusoidal", "scale_embedding": True}
 GPT2_INPUT = {"positions": "learned", "scale_embedding": False}
-
-
-def run(main, argv, prog, capsys):
-    """(exit status, stdout, stderr) of a command's main(argv)."""
-    capsys.readouterr()
-    try:
-        status = run_main(lambda: main(argv), prog)
-    except SystemExit as e:
-        status = e.code
-    out = capsys.readouterr()
-    return status, out.out, out.err
 
 
 def nano2_checkpoint(path, dtype, options, seed=0):
@@ -95,7 +84,7 @@ def test_export_logits_equal_nano2s(tmp_path, capsys, dtype, options, tied):
     ckpt = nano2_checkpoint(tmp_path / "model.safetensors", dtype, options)
     out = tmp_path / "exported"
     out.mkdir()  # an empty folder is taken over
-    status, stdout, _ = run(hf.export_main, ["--ckpt", str(ckpt), "--out", str(out)], "nano2_export", capsys)
+    status, stdout, _ = run_command(hf.export_main, ["--ckpt", str(ckpt), "--out", str(out)], "nano2_export", capsys)
     assert status == 0 and ("tied head" if tied else "untied head") in stdout
     config = json.loads((out / "config.json").read_text())
     assert config["tie_word_embeddings"] is tied and ("lm_head.weight" in folder_tensors(out)) is not tied
@@ -114,8 +103,8 @@ def test_export_logits_equal_nano2s(tmp_path, capsys, dtype, options, tied):
 def test_imported_gpt2_gives_transformers_logits_loss_and_gradients(tmp_path, capsys, dtype):
     gpt2 = gpt2_folder(tmp_path / "gpt2", dtype)
     ckpt = tmp_path / "imported.safetensors"
-    status, stdout, _ = run(hf.import_main, ["--hf", str(tmp_path / "gpt2"), "--out", str(ckpt)], "nano2_import",
-                            capsys)
+    status, stdout, _ = run_command(hf.import_main, ["--hf", str(tmp_path / "gpt2"), "--out", str(ckpt)],
+                                    "nano2_import", capsys)
     assert status == 0 and "tokenizer byte" in stdout
     cfg = read_any_checkpoint(ckpt)[1]["config"]
     assert (cfg["positions"], cfg["scale_embedding"], cfg["seq_len"], cfg["d_ff"]) == ("learned", False, 24, 128)
@@ -150,7 +139,8 @@ def test_other_names_of_the_same_function_are_accepted(tmp_path, capsys):
     takes it, in float32 alone: it refuses float64)."""
     gpt2_folder(tmp_path / "gpt2", "float32", activation_function="gelu_pytorch_tanh", reorder_and_upcast_attn=True)
     ckpt = tmp_path / "imported.safetensors"
-    assert run(hf.import_main, ["--hf", str(tmp_path / "gpt2"), "--out", str(ckpt)], "nano2_import", capsys)[0] == 0
+    argv = ["--hf", str(tmp_path / "gpt2"), "--out", str(ckpt)]
+    assert run_command(hf.import_main, argv, "nano2_import", capsys)[0] == 0
     gpt2 = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "gpt2", attn_implementation="eager")
     idx = tokens(GPT2_SMALL["vocab_size"], 2, 24)
     assert relative_difference(nano2_model(ckpt).forward(idx)[0], hf_logits(gpt2, idx)) <= TOLERANCE["float32"]
@@ -160,12 +150,13 @@ def test_gpt2s_vocabulary_reads_its_bpe_and_float16_widens(tmp_path, capsys):
     gpt2 = gpt2_folder(tmp_path / "gpt2", "float16", vocab_size=50257, n_embd=8, n_head=2, n_layer=1,
                        bos_token_id=50256, eos_token_id=50256)
     ckpt, out = tmp_path / "imported.safetensors", tmp_path / "exported"
-    assert run(hf.import_main, ["--hf", str(tmp_path / "gpt2"), "--out", str(ckpt)], "nano2_import", capsys)[0] == 0
+    argv = ["--hf", str(tmp_path / "gpt2"), "--out", str(ckpt)]
+    assert run_command(hf.import_main, argv, "nano2_import", capsys)[0] == 0
     tensors, metadata = read_any_checkpoint(ckpt)
     assert metadata["config"]["tokenizer"] == "gpt2" and metadata["config"]["dtype"] == "float32"
     wte = gpt2.transformer.wte.weight.detach().half().float().numpy()
     assert tensors["tok_emb.weight"].dtype == np.float32 and np.array_equal(tensors["tok_emb.weight"], wte)
-    assert run(hf.export_main, ["--ckpt", str(ckpt), "--out", str(out)], "nano2_export", capsys)[0] == 0
+    assert run_command(hf.export_main, ["--ckpt", str(ckpt), "--out", str(out)], "nano2_export", capsys)[0] == 0
     config = json.loads((out / "config.json").read_text())
     assert config["bos_token_id"] == config["eos_token_id"] == 50256 and "BPE" in (out / "README.md").read_text()
 
@@ -193,8 +184,8 @@ def test_export_after_import_gives_the_original_tensors(tmp_path, capsys, layout
         if layout == "hub":
             hub_layout(source)
     ckpt, out = tmp_path / "imported.safetensors", tmp_path / "exported"
-    assert run(hf.import_main, ["--hf", str(source), "--out", str(ckpt)], "nano2_import", capsys)[0] == 0
-    assert run(hf.export_main, ["--ckpt", str(ckpt), "--out", str(out)], "nano2_export", capsys)[0] == 0
+    assert run_command(hf.import_main, ["--hf", str(source), "--out", str(ckpt)], "nano2_import", capsys)[0] == 0
+    assert run_command(hf.export_main, ["--ckpt", str(ckpt), "--out", str(out)], "nano2_export", capsys)[0] == 0
     original, exported = folder_tensors(tmp_path / "original"), folder_tensors(out)
     assert sorted(original) == sorted(exported)
     for name, tensor in original.items():
@@ -276,7 +267,7 @@ def good_gpt2(tmp_path_factory):
 def assert_refused(main, argv, prog, message, out_dir, capsys):
     """The command ends with status 2 and one line holding `message`, and writes nothing into out_dir."""
     before = sorted(os.listdir(out_dir))
-    status, stdout, stderr = run(main, argv, prog, capsys)
+    status, stdout, stderr = run_command(main, argv, prog, capsys)
     assert status == 2 and stdout == "" and len(stderr.strip().splitlines()) == 1, stderr
     assert stderr.startswith(f"{prog}: error: ") and message in stderr, stderr
     assert sorted(os.listdir(out_dir)) == before, "nothing may be written"
@@ -375,9 +366,9 @@ def test_an_imported_model_samples_as_a_trained_one_does(good_gpt2, tmp_path, ca
     """nano2_sample's loading and KV-cached decoding of an imported GPT-2: transformers' greedy tokens."""
     from train import sample
     ckpt = tmp_path / "gpt2.safetensors"
-    assert run(hf.import_main, ["--hf", str(good_gpt2), "--out", str(ckpt)], "nano2_import", capsys)[0] == 0
-    status, _, err = run(sample.main, ["--ckpt", str(ckpt), "--prompt", "Once", "--max-new-tokens", "6"],
-                         "nano2_sample", capsys)
+    assert run_command(hf.import_main, ["--hf", str(good_gpt2), "--out", str(ckpt)], "nano2_import", capsys)[0] == 0
+    status, _, err = run_command(sample.main, ["--ckpt", str(ckpt), "--prompt", "Once", "--max-new-tokens", "6"],
+                                 "nano2_sample", capsys)
     assert status == 0, err
     prompt = [0, *b"Once"]
     model, _ = sample.load_model(str(ckpt))

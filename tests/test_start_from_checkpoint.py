@@ -6,24 +6,13 @@ import json
 import numpy as np
 import pytest
 from conftest import SMALL_TRAINING
-from helpers import final_parameters
+from helpers import final_parameters, run_command
 
 from engine.params import read_safetensors
 from train import debug, gradcheck, timing, trainer
 from train.cli import run_main
 
 GPT2_INPUT = ["--positions=learned", "--scale_embedding=false"]
-
-
-def run(main, argv, prog, capsys):
-    """(exit status, stdout, stderr) of a command's main(argv)."""
-    capsys.readouterr()
-    try:
-        status = run_main(lambda: main(argv), prog)
-    except SystemExit as e:
-        status = e.code
-    out = capsys.readouterr()
-    return status, out.out, out.err
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +37,7 @@ def test_init_from_starts_a_new_run_at_step_0_from_the_parameters(trained, stori
     run_keys = [word for word in SMALL_TRAINING if not word.startswith(model_keys)]
     argv = [*run_keys, f"--init_from={trained}", f"--data_dir={stories_dir}", f"--out_dir={run_dir}",
             "--max_steps=2", "--eval_interval=1"]
-    status, _, err = run(trainer.main, argv, "nano2_train", capsys)
+    status, _, err = run_command(trainer.main, argv, "nano2_train", capsys)
     assert status == 0, err
     assert val_losses(run_dir)[0] == val_losses(trained.parent)[2], "step 0 must evaluate the checkpoint's model"
     tensors, metadata = read_safetensors(run_dir / "ckpt-0000002.safetensors")
@@ -72,22 +61,23 @@ def test_init_from_starts_a_new_run_at_step_0_from_the_parameters(trained, stori
 ])
 def test_init_from_refuses_what_would_not_fit_the_checkpoint(trained, tmp_path, capsys, extra, said):
     argv = [f"--init_from={trained}", f"--out_dir={tmp_path / 'run'}", *extra]
-    status, _, err = run(trainer.main, argv, "nano2_train", capsys)
+    status, _, err = run_command(trainer.main, argv, "nano2_train", capsys)
     assert status == 2 and len(err.strip().splitlines()) == 1, err
     assert said.format(ckpt=trained) in err
     assert not (tmp_path / "run").exists(), "nothing is written for a refused start"
 
 
 def test_init_from_refuses_a_file_that_is_no_checkpoint(tmp_path, capsys):
-    status, _, err = run(trainer.main, [f"--init_from={tmp_path / 'missing.safetensors'}"], "nano2_train", capsys)
+    argv = [f"--init_from={tmp_path / 'missing.safetensors'}"]
+    status, _, err = run_command(trainer.main, argv, "nano2_train", capsys)
     assert status == 2 and err.strip().endswith(f"no such file: {tmp_path / 'missing.safetensors'}")
 
 
 def test_debug_state_starts_from_the_checkpoint(trained, tmp_path, capsys):
     """Sequences of 8: the model takes the first 8 of the 32 learned positions."""
     out = tmp_path / "state.safetensors"
-    status, _, err = run(debug.main, ["state", "--ckpt", str(trained), "--batch-size", "2", "--seq-len", "8",
-                                      "--out", str(out)], "nano2_debug", capsys)
+    argv = ["state", "--ckpt", str(trained), "--batch-size", "2", "--seq-len", "8", "--out", str(out)]
+    status, _, err = run_command(debug.main, argv, "nano2_debug", capsys)
     assert status == 0, err
     state, source = read_safetensors(out)[0], final_parameters(trained.parent, 2)
     source["pos_emb.weight"] = source["pos_emb.weight"][:8]
@@ -97,28 +87,28 @@ def test_debug_state_starts_from_the_checkpoint(trained, tmp_path, capsys):
 
 @pytest.mark.parametrize("subcommand", [["trace"], ["check", "--samples", "2"], ["nonfinite"]])
 def test_debug_subcommands_take_a_checkpoint(trained, capsys, subcommand):
-    status, out, err = run(debug.main, [*subcommand, "--ckpt", str(trained), "--batch-size", "1", "--seq-len", "6"],
-                           "nano2_debug", capsys)
+    argv = [*subcommand, "--ckpt", str(trained), "--batch-size", "1", "--seq-len", "6"]
+    status, out, err = run_command(debug.main, argv, "nano2_debug", capsys)
     assert status == 0, err
     assert "pos_emb" in out or subcommand == ["nonfinite"]
 
 
 def test_gradcheck_takes_a_checkpoint(trained, capsys):
-    status, out, err = run(gradcheck.main, ["--ckpt", str(trained), "--samples", "2", "--seq-len", "8"],
-                           "nano2_gradcheck", capsys)
+    status, out, err = run_command(gradcheck.main, ["--ckpt", str(trained), "--samples", "2", "--seq-len", "8"],
+                                   "nano2_gradcheck", capsys)
     assert status == 0, err + out
     assert "pos_emb.weight" in out
 
 
 def test_gradcheck_refuses_sequences_longer_than_the_learned_positions(trained, capsys):
-    status, _, err = run(gradcheck.main, ["--ckpt", str(trained), "--seq-len", "64"], "nano2_gradcheck", capsys)
+    status, _, err = run_command(gradcheck.main, ["--ckpt", str(trained), "--seq-len", "64"], "nano2_gradcheck", capsys)
     assert status == 2 and "sequences of 64 tokens are longer than the learned positions' 32 rows" in err
 
 
 @pytest.mark.parametrize("prog, iters", [("nano2_cpu_fw", "--fw-iters=1"), ("nano2_cpu_fwandbw", "--fw-bw-iters=1")])
 def test_timing_commands_take_a_checkpoint(trained, capsys, prog, iters):
-    status, out, err = run(lambda argv: timing.main(argv, prog=prog), ["--ckpt", str(trained), "--json", iters,
-                                                                       "--warmup=0", "--batch-size", "1"], prog, capsys)
+    argv = ["--ckpt", str(trained), "--json", iters, "--warmup=0", "--batch-size", "1"]
+    status, out, err = run_command(lambda argv: timing.main(argv, prog=prog), argv, prog, capsys)
     assert status == 0, err
     report = json.loads(out)
     assert report["ckpt"] == str(trained) and report["positions"] == "learned" and report["seq_len"] == 32
