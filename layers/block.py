@@ -10,12 +10,12 @@ from layers.layernorm import LayerNorm
 
 
 class Block:
-    def __init__(self, store, name, n_head):
+    def __init__(self, store, name, n_head, activation="gelu"):
         self.name = name
         self.ln1 = LayerNorm(store, f"{name}.ln1")
         self.attn = CausalSelfAttention(store, f"{name}.attn", n_head)
         self.ln2 = LayerNorm(store, f"{name}.ln2")
-        self.ffn = FFN(store, f"{name}.ffn")
+        self.ffn = FFN(store, f"{name}.ffn", activation)
         self.children = (self.ln1, self.attn, self.ln2, self.ffn)
 
     def forward(self, x):

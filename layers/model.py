@@ -32,6 +32,7 @@ class ModelConfig:
     seq_len: int = 128            # the longest sequence; the position table has this many rows
     positions: str = "sinusoidal"  # "sinusoidal" (computed) or "learned" (GPT-2's, pos_emb.weight)
     scale_embedding: bool = True  # x = √d · E[idx] (nano2), or E[idx] (GPT-2)
+    activation: str = "gelu"      # the MLP's: "gelu" (GPT-2's tanh GELU) or "relu2" (modded-nanogpt's)
 
     def model_config(self):
         """The model's keys alone (of a run's Config too), as a ModelConfig."""
@@ -94,7 +95,8 @@ class Decoder:
         self.embedding = TokenEmbedding(self.store, "tok_emb", config.scale_embedding)
         self.positions = (LearnedPositions(self.store) if config.positions == "learned"
                           else SinusoidalPositions(config.seq_len, config.d_model, self.store.dtype, xp))
-        self.blocks = [Block(self.store, f"blocks.{i}", config.n_head) for i in range(config.n_layer)]
+        self.blocks = [Block(self.store, f"blocks.{i}", config.n_head, config.activation)
+                       for i in range(config.n_layer)]
         self.ln_f = LayerNorm(self.store, "ln_f")
         self.head = TiedHead(self.embedding)
         self.xent = CrossEntropy()

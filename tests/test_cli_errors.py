@@ -36,6 +36,8 @@ BAD_CONFIGS = {
     "unknown CUDA-aware choice": ({"cuda_aware_mpi": "maybe"}, "cuda_aware_mpi must be one of auto, yes, no"),
     "no such ZeRO stage": ({"zero": 2}, "zero must be 0 (every rank holds all of AdamW's state) or 1"),
     "bad dtype": ({"dtype": "float16"}, "dtype must be one of"),
+    "unknown positions": ({"positions": "rotary2"}, "positions must be one of sinusoidal, learned"),
+    "unknown activation": ({"activation": "tanh"}, "activation must be one of gelu, relu2, got 'tanh'"),
     "bad device": ({"device": "tpu"}, "device must be one of"),
     "not json": ("{d_model: 64", "is not valid JSON"),
     "not an object": ("[1, 2]", "must hold a JSON object"),

@@ -51,6 +51,14 @@ def test_trace_and_check_name_the_learned_positions(capsys):
     assert status == 0 and "agrees with central differences" in out
 
 
+def test_trace_and_check_name_the_relu2_layers(capsys):
+    status, out, _ = run(["trace", *SMALL, "--activation=relu2"], capsys)
+    rows = [line.split()[1:3] for line in out.splitlines()[1:] if line[:3].strip().isdigit()]
+    assert status == 0 and ["blocks.1.ffn.relu2", "backward"] in rows and "gelu" not in out
+    status, out, _ = run(["check", *SMALL, "--activation=relu2"], capsys)
+    assert status == 0 and "agrees with central differences" in out
+
+
 def test_check_names_a_planted_wrong_backward_and_no_earlier_layer(monkeypatch, capsys):
     import layers.ffn
     correct = layers.ffn.gelu_backward

@@ -357,16 +357,25 @@ def test_exported_tiny_checkpoint_loads_in_a_python_without_nano2(stories_dir, t
 def test_every_model_key_has_a_gpt2_counterpart():
     """train/hf.py maps these keys and values; a new one must be exported (or refused) there first."""
     assert [f.name for f in fields(ModelConfig)] == ["vocab_size", "d_model", "n_layer", "n_head", "d_ff", "seq_len",
-                                                     "positions", "scale_embedding"]
+                                                     "positions", "scale_embedding", "activation"]
     assert CHOICES["positions"] == ("sinusoidal", "learned")
+    assert CHOICES["activation"] == ("gelu", "relu2")  # relu2 refused by check_exportable
 
 
+def test_export_refuses_what_gpt2_cannot_hold(tmp_path, capsys):
+    ckpt = nano2_checkpoint(tmp_path / "relu2.safetensors", "float32", {"activation": "relu2"})
+    status, stdout, stderr = run_command(hf.export_main, ["--ckpt", str(ckpt), "--out", str(tmp_path / "out")],
+                                         "nano2_export", capsys)
+    said = f"{ckpt}: its MLP's activation is relu2, and GPT-2's format holds the tanh GELU alone"
+    assert status == 2 and stderr.strip() == f"nano2_export: error: {said} (activation_function gelu_new)"
+    assert not (tmp_path / "out").exists()
 
 def test_an_imported_model_samples_as_a_trained_one_does(good_gpt2, tmp_path, capsys):
     """nano2_sample's loading and KV-cached decoding of an imported GPT-2: transformers' greedy tokens."""
     from train import sample
     ckpt = tmp_path / "gpt2.safetensors"
-    assert run_command(hf.import_main, ["--hf", str(good_gpt2), "--out", str(ckpt)], "nano2_import", capsys)[0] == 0
+    assert run_command(hf.import_main, ["--hf", str(good_gpt2), "--out", str(ckpt)], "nano2_import",
+                       capsys)[0] == 0
     status, _, err = run_command(sample.main, ["--ckpt", str(ckpt), "--prompt", "Once", "--max-new-tokens", "6"],
                                  "nano2_sample", capsys)
     assert status == 0, err

@@ -11,7 +11,7 @@ from helpers import assert_grad_close
 from layers.attention import causal_attention_backward, causal_attention_forward
 from layers.embedding import (embedding_backward, embedding_forward, tied_head_backward,
                               tied_head_forward)
-from layers.ffn import gelu_backward, gelu_forward
+from layers.ffn import gelu_backward, gelu_forward, relu2_backward, relu2_forward
 from layers.layernorm import layernorm_backward, layernorm_forward
 from layers.linear import linear_backward, linear_forward
 from layers.positions import learned_positions_backward, positions_backward, positions_forward, sinusoidal_table
@@ -143,3 +143,11 @@ def test_cross_entropy(rng):
     p = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
     expected = -np.log(np.take_along_axis(p, targets[..., None], -1)).mean()
     assert float(loss) == pytest.approx(expected, rel=1e-14)
+
+
+def test_relu2(rng):
+    x, g = rng.normal(size=(2, 3, 7)), rng.normal(size=(2, 3, 7))
+    x[np.abs(x) < 1e-3] = 0.5  # away from the kink, where central differences straddle it
+    y, cache = relu2_forward(x)
+    np.testing.assert_array_equal(y, np.maximum(x, 0) ** 2)
+    assert_grad_close(relu2_backward(g, cache), lambda: (relu2_forward(x)[0] * g).sum(), x, "dx")

@@ -24,10 +24,10 @@ def small_model(dtype=np.float64, seed=0, **options):
     return model
 
 
-@pytest.mark.parametrize("options", [{}, GPT2_OPTIONS], ids=["nano2", "gpt2-input"])
+@pytest.mark.parametrize("options", [{}, GPT2_OPTIONS, {"activation": "relu2"}], ids=["nano2", "gpt2-input", "relu2"])
 def test_every_parameter_entry_matches_central_differences(options):
     model = small_model(**options)
-    assert ("pos_emb.weight" in model.store.shapes) == bool(options)
+    assert ("pos_emb.weight" in model.store.shapes) == (options.get("positions") == "learned")
     idx, targets = random_batch(np.random.default_rng(1), 3, 5, SMALL["vocab_size"])  # 5 of seq_len's 6 rows
     model.forward(idx, targets)
     model.backward()

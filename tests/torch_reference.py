@@ -7,7 +7,7 @@ import torch
 F = torch.nn.functional
 
 
-def torch_loss(p, idx, targets, n_layer, n_head, positions="sinusoidal", scale_embedding=True):
+def torch_loss(p, idx, targets, n_layer, n_head, positions="sinusoidal", scale_embedding=True, activation="gelu"):
     V, d = p["tok_emb.weight"].shape
     B, T = idx.shape
     if positions == "learned":  # GPT-2's wpe
@@ -25,7 +25,8 @@ def torch_loss(p, idx, targets, n_layer, n_head, positions="sinusoidal", scale_e
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         x = x + y.transpose(1, 2).reshape(B, T, d) @ b("attn.proj.weight") + b("attn.proj.bias")
         h = F.layer_norm(x, (d,), b("ln2.weight"), b("ln2.bias"), eps=1e-5)
-        h = F.gelu(h @ b("ffn.fc.weight") + b("ffn.fc.bias"), approximate="tanh")
+        h = h @ b("ffn.fc.weight") + b("ffn.fc.bias")
+        h = F.gelu(h, approximate="tanh") if activation == "gelu" else F.relu(h).square()
         x = x + h @ b("ffn.proj.weight") + b("ffn.proj.bias")
     x = F.layer_norm(x, (d,), p["ln_f.weight"], p["ln_f.bias"], eps=1e-5)
     logits = x @ p["tok_emb.weight"].T

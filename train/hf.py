@@ -198,10 +198,18 @@ def write_folder(out, tensors, texts):
     fsync_folder(parent)
 
 
+def check_exportable(cfg, ckpt):
+    """Refuse, in one line, a model that GPT-2's format cannot hold."""
+    if cfg.activation != "gelu":
+        raise UserError(f"{ckpt}: its MLP's activation is {cfg.activation}, and GPT-2's format holds the tanh GELU "
+                        f"alone (activation_function gelu_new)")
+
+
 def export_checkpoint(ckpt, out):
     """Write the transformers folder of checkpoint `ckpt` to `out`; returns a line saying what it wrote."""
     tensors, metadata = read_any_checkpoint(ckpt)
     cfg = config_from_dict(metadata["config"], ckpt)
+    check_exportable(cfg, ckpt)
     params = checkpoint_parameters(tensors, cfg, ckpt)
     hf_tensors, tied = export_tensors(cfg, params)
     dtype = params["tok_emb.weight"].dtype
