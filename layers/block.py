@@ -1,4 +1,5 @@
-"""The pre-LN transformer block: x1 = x + Attn(LN1(x)); y = x1 + FFN(LN2(x1)).
+"""The pre-LN transformer block: x1 = x + Attn(LN1(x)); y = x1 + FFN(LN2(x1)), LN a LayerNorm or
+an RMSNorm.
 
 Derivation: a residual sum passes its gradient unchanged down both paths, so
   dx1 = dy + LN2ᵀ(FFNᵀ(dy)),  dx = dx1 + LN1ᵀ(Attnᵀ(dx1)),
@@ -7,14 +8,23 @@ where Fᵀ(g) is layer F's backward applied to g.
 from layers.attention import CausalSelfAttention
 from layers.ffn import FFN
 from layers.layernorm import LayerNorm
+from layers.rmsnorm import RMSNorm
+
+
+NORMS = ("layernorm", "rmsnorm")
+
+
+def make_norm(store, name, norm):
+    """The block's and the model's normalisation: LayerNorm (its weight and bias) or RMSNorm (none)."""
+    return LayerNorm(store, name) if norm == "layernorm" else RMSNorm(name)
 
 
 class Block:
-    def __init__(self, store, name, n_head, activation="gelu"):
+    def __init__(self, store, name, n_head, activation="gelu", norm="layernorm"):
         self.name = name
-        self.ln1 = LayerNorm(store, f"{name}.ln1")
+        self.ln1 = make_norm(store, f"{name}.ln1", norm)
         self.attn = CausalSelfAttention(store, f"{name}.attn", n_head)
-        self.ln2 = LayerNorm(store, f"{name}.ln2")
+        self.ln2 = make_norm(store, f"{name}.ln2", norm)
         self.ffn = FFN(store, f"{name}.ffn", activation)
         self.children = (self.ln1, self.attn, self.ln2, self.ffn)
 

@@ -1,5 +1,5 @@
 """The nano2 decoder: √d · E[idx] + sinusoidal positions (or GPT-2's E[idx] + learned ones),
-L pre-LN blocks, a final LayerNorm, and logits through the embedding's own matrix (the tied
+L pre-LN blocks, a final LayerNorm (or RMSNorm), and logits through the embedding's own matrix (the tied
 head); mean cross-entropy on top.
 
 Backward runs the same layers in reverse. The only join is E: the head's gradient and the
@@ -12,9 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.params import ParameterStore
-from layers.block import Block
+from layers.block import Block, make_norm
 from layers.embedding import TiedHead, TokenEmbedding
-from layers.layernorm import LayerNorm
 from layers.positions import LearnedPositions, SinusoidalPositions
 from layers.xent import CrossEntropy
 
@@ -33,6 +32,7 @@ class ModelConfig:
     positions: str = "sinusoidal"  # "sinusoidal" (computed) or "learned" (GPT-2's, pos_emb.weight)
     scale_embedding: bool = True  # x = √d · E[idx] (nano2), or E[idx] (GPT-2)
     activation: str = "gelu"      # the MLP's: "gelu" (GPT-2's tanh GELU) or "relu2" (modded-nanogpt's)
+    norm: str = "layernorm"       # "layernorm" (GPT-2's) or "rmsnorm" (modded-nanogpt's, no parameters)
 
     def model_config(self):
         """The model's keys alone (of a run's Config too), as a ModelConfig."""
@@ -49,15 +49,20 @@ def parameter_shapes(config):
     for i in range(config.n_layer):
         p = f"blocks.{i}"
         shapes += [
-            (f"{p}.ln1.weight", (d,)), (f"{p}.ln1.bias", (d,)),
+            *norm_shapes(config, f"{p}.ln1"),
             (f"{p}.attn.qkv.weight", (d, 3 * d)), (f"{p}.attn.qkv.bias", (3 * d,)),
             (f"{p}.attn.proj.weight", (d, d)), (f"{p}.attn.proj.bias", (d,)),
-            (f"{p}.ln2.weight", (d,)), (f"{p}.ln2.bias", (d,)),
+            *norm_shapes(config, f"{p}.ln2"),
             (f"{p}.ffn.fc.weight", (d, d_ff)), (f"{p}.ffn.fc.bias", (d_ff,)),
             (f"{p}.ffn.proj.weight", (d_ff, d)), (f"{p}.ffn.proj.bias", (d,)),
         ]
-    shapes += [("ln_f.weight", (d,)), ("ln_f.bias", (d,))]
-    return shapes
+    return shapes + norm_shapes(config, "ln_f")
+
+
+def norm_shapes(config, name):
+    """A LayerNorm's weight and bias; an RMSNorm has none."""
+    d = config.d_model
+    return [(f"{name}.weight", (d,)), (f"{name}.bias", (d,))] if config.norm == "layernorm" else []
 
 
 def parameter_names(layer):
@@ -95,9 +100,9 @@ class Decoder:
         self.embedding = TokenEmbedding(self.store, "tok_emb", config.scale_embedding)
         self.positions = (LearnedPositions(self.store) if config.positions == "learned"
                           else SinusoidalPositions(config.seq_len, config.d_model, self.store.dtype, xp))
-        self.blocks = [Block(self.store, f"blocks.{i}", config.n_head, config.activation)
+        self.blocks = [Block(self.store, f"blocks.{i}", config.n_head, config.activation, config.norm)
                        for i in range(config.n_layer)]
-        self.ln_f = LayerNorm(self.store, "ln_f")
+        self.ln_f = make_norm(self.store, "ln_f", config.norm)
         self.head = TiedHead(self.embedding)
         self.xent = CrossEntropy()
 
@@ -141,13 +146,14 @@ class Decoder:
 
     def gradient_buckets(self):
         """{layer name: (start, stop)} of the flat gradient buffer for each name backward passes
-        to grads_ready (tok_emb, with the learned positions, each block, ln_f): contiguous, as the
-        store lays them out."""
+        to grads_ready (tok_emb, with the learned positions, each block, ln_f where it has
+        parameters): contiguous, as the store lays them out."""
         buckets = {}
         for name, layers in ((self.embedding.name, (self.embedding, self.positions)),
                              *((layer.name, (layer,)) for layer in (*self.blocks, self.ln_f))):
             spans = [self.store.span(p) for layer in layers for p in parameter_names(layer)]
-            buckets[name] = (min(s.start for s in spans), max(s.stop for s in spans))
+            if spans:
+                buckets[name] = (min(s.start for s in spans), max(s.stop for s in spans))
         return buckets
 
     def backward(self, dloss=1.0, grads_ready=None):
@@ -158,7 +164,8 @@ class Decoder:
         backward goes on."""
         notify = grads_ready or (lambda name: None)
         dx = self.ln_f.backward(self.head.backward(self.xent.backward(dloss)))
-        notify(self.ln_f.name)
+        if self.ln_f.parameter_names:
+            notify(self.ln_f.name)
         for block in reversed(self.blocks):
             dx = block.backward(dx)
             notify(block.name)

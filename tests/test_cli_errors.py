@@ -38,6 +38,7 @@ BAD_CONFIGS = {
     "bad dtype": ({"dtype": "float16"}, "dtype must be one of"),
     "unknown positions": ({"positions": "rotary2"}, "positions must be one of sinusoidal, learned"),
     "unknown activation": ({"activation": "tanh"}, "activation must be one of gelu, relu2, got 'tanh'"),
+    "unknown norm": ({"norm": "batchnorm"}, "norm must be one of layernorm, rmsnorm, got 'batchnorm'"),
     "bad device": ({"device": "tpu"}, "device must be one of"),
     "not json": ("{d_model: 64", "is not valid JSON"),
     "not an object": ("[1, 2]", "must hold a JSON object"),

@@ -51,11 +51,13 @@ def test_trace_and_check_name_the_learned_positions(capsys):
     assert status == 0 and "agrees with central differences" in out
 
 
-def test_trace_and_check_name_the_relu2_layers(capsys):
-    status, out, _ = run(["trace", *SMALL, "--activation=relu2"], capsys)
+def test_trace_and_check_name_the_relu2_and_rmsnorm_layers(capsys):
+    modded = [*SMALL, "--activation=relu2", "--norm=rmsnorm"]
+    status, out, _ = run(["trace", *modded], capsys)
     rows = [line.split()[1:3] for line in out.splitlines()[1:] if line[:3].strip().isdigit()]
     assert status == 0 and ["blocks.1.ffn.relu2", "backward"] in rows and "gelu" not in out
-    status, out, _ = run(["check", *SMALL, "--activation=relu2"], capsys)
+    assert ["blocks.1.ln2", "backward"] in rows and "ln2.weight" not in out  # an RMSNorm learns nothing
+    status, out, _ = run(["check", *modded], capsys)
     assert status == 0 and "agrees with central differences" in out
 
 

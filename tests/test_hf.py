@@ -357,17 +357,22 @@ def test_exported_tiny_checkpoint_loads_in_a_python_without_nano2(stories_dir, t
 def test_every_model_key_has_a_gpt2_counterpart():
     """train/hf.py maps these keys and values; a new one must be exported (or refused) there first."""
     assert [f.name for f in fields(ModelConfig)] == ["vocab_size", "d_model", "n_layer", "n_head", "d_ff", "seq_len",
-                                                     "positions", "scale_embedding", "activation"]
+                                                     "positions", "scale_embedding", "activation", "norm"]
     assert CHOICES["positions"] == ("sinusoidal", "learned")
     assert CHOICES["activation"] == ("gelu", "relu2")  # relu2 refused by check_exportable
+    assert CHOICES["norm"] == ("layernorm", "rmsnorm")  # rmsnorm refused by check_exportable
 
 
-def test_export_refuses_what_gpt2_cannot_hold(tmp_path, capsys):
-    ckpt = nano2_checkpoint(tmp_path / "relu2.safetensors", "float32", {"activation": "relu2"})
+@pytest.mark.parametrize("option, said", [
+    ({"activation": "relu2"}, "its MLP's activation is relu2, and GPT-2's format holds the tanh GELU alone "
+                              "(activation_function gelu_new)"),
+    ({"norm": "rmsnorm"}, "it normalises with rmsnorm, and GPT-2's format holds LayerNorms alone"),
+])
+def test_export_refuses_what_gpt2_cannot_hold(tmp_path, capsys, option, said):
+    ckpt = nano2_checkpoint(tmp_path / "modded.safetensors", "float32", option)
     status, stdout, stderr = run_command(hf.export_main, ["--ckpt", str(ckpt), "--out", str(tmp_path / "out")],
                                          "nano2_export", capsys)
-    said = f"{ckpt}: its MLP's activation is relu2, and GPT-2's format holds the tanh GELU alone"
-    assert status == 2 and stderr.strip() == f"nano2_export: error: {said} (activation_function gelu_new)"
+    assert status == 2 and stderr.strip() == f"nano2_export: error: {ckpt}: {said}"
     assert not (tmp_path / "out").exists()
 
 def test_an_imported_model_samples_as_a_trained_one_does(good_gpt2, tmp_path, capsys):

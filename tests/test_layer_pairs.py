@@ -14,6 +14,7 @@ from layers.embedding import (embedding_backward, embedding_forward, tied_head_b
 from layers.ffn import gelu_backward, gelu_forward, relu2_backward, relu2_forward
 from layers.layernorm import layernorm_backward, layernorm_forward
 from layers.linear import linear_backward, linear_forward
+from layers.rmsnorm import rmsnorm_backward, rmsnorm_forward
 from layers.positions import learned_positions_backward, positions_backward, positions_forward, sinusoidal_table
 from layers.xent import cross_entropy_backward, cross_entropy_forward
 
@@ -151,3 +152,11 @@ def test_relu2(rng):
     y, cache = relu2_forward(x)
     np.testing.assert_array_equal(y, np.maximum(x, 0) ** 2)
     assert_grad_close(relu2_backward(g, cache), lambda: (relu2_forward(x)[0] * g).sum(), x, "dx")
+
+
+def test_rmsnorm(rng):
+    x, g = rng.normal(size=(2, 3, 8)) * 2 + 0.5, rng.normal(size=(2, 3, 8))
+    y, cache = rmsnorm_forward(x)
+    np.testing.assert_allclose(y, x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + np.finfo(float).eps),
+                               rtol=1e-15)
+    assert_grad_close(rmsnorm_backward(g, cache), lambda: (rmsnorm_forward(x)[0] * g).sum(), x, "dx")

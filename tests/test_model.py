@@ -24,7 +24,8 @@ def small_model(dtype=np.float64, seed=0, **options):
     return model
 
 
-@pytest.mark.parametrize("options", [{}, GPT2_OPTIONS, {"activation": "relu2"}], ids=["nano2", "gpt2-input", "relu2"])
+@pytest.mark.parametrize("options", [{}, GPT2_OPTIONS, {"activation": "relu2"}, {"norm": "rmsnorm"}],
+                         ids=["nano2", "gpt2-input", "relu2", "rmsnorm"])
 def test_every_parameter_entry_matches_central_differences(options):
     model = small_model(**options)
     assert ("pos_emb.weight" in model.store.shapes) == (options.get("positions") == "learned")

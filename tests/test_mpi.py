@@ -32,6 +32,14 @@ def test_two_ranks_equal_one_rank_with_the_same_global_batch(small_args, tmp_pat
     assert_trains_like_one_process(two_ranks, 2, small_args, tmp_path, dtype, tol)
 
 
+def test_two_ranks_train_modded_options_as_one(small_args, tmp_path):
+    """RMSNorm leaves ln_f without parameters, so without a gradient bucket of its own."""
+    def two_ranks(command):
+        return subprocess.run([MPIEXEC, "-n", "2", *command], capture_output=True, text=True, timeout=300)
+    modded = small_args[:-1] + ["--norm=rmsnorm", "--activation=relu2"] + small_args[-1:]  # out_dir stays last
+    assert_trains_like_one_process(two_ranks, 2, modded, tmp_path, "float64", 1e-12)
+
+
 def final_moments(run_dir, step):
     tensors, _ = read_safetensors(os.path.join(run_dir, f"ckpt-{step:07d}.safetensors"))
     return {k: v for k, v in tensors.items() if k.startswith("adam_")}
@@ -161,11 +169,12 @@ def test_threads_are_shared_among_local_ranks():
     assert threads_per_rank(local_size=2, cpu_count=16, affinity=3) == 3, "a bound rank keeps its cores"
 
 
-@pytest.mark.parametrize("positions", ["sinusoidal", "learned"])
-def test_buckets_tile_the_gradient_buffer(positions):
-    model = Decoder(ModelConfig(256, 16, 3, 2, 32, 8, positions=positions))
+@pytest.mark.parametrize("options", [{}, {"positions": "learned"}, {"norm": "rmsnorm"}])
+def test_buckets_tile_the_gradient_buffer(options):
+    model = Decoder(ModelConfig(256, 16, 3, 2, 32, 8, **options))
     store, buckets = model.store, model.gradient_buckets()
-    assert list(buckets) == ["tok_emb", "blocks.0", "blocks.1", "blocks.2", "ln_f"]
+    ln_f = [] if options.get("norm") == "rmsnorm" else ["ln_f"]  # an RMSNorm has no parameters to average
+    assert list(buckets) == ["tok_emb", "blocks.0", "blocks.1", "blocks.2", *ln_f]
     edges = sorted(buckets.values())
     assert edges[0][0] == 0 and edges[-1][1] == store.numel
     assert all(a[1] == b[0] for a, b in zip(edges, edges[1:]))

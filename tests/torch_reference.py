@@ -7,7 +7,8 @@ import torch
 F = torch.nn.functional
 
 
-def torch_loss(p, idx, targets, n_layer, n_head, positions="sinusoidal", scale_embedding=True, activation="gelu"):
+def torch_loss(p, idx, targets, n_layer, n_head, positions="sinusoidal", scale_embedding=True, activation="gelu",
+               norm="layernorm"):
     V, d = p["tok_emb.weight"].shape
     B, T = idx.shape
     if positions == "learned":  # GPT-2's wpe
@@ -17,17 +18,23 @@ def torch_loss(p, idx, targets, n_layer, n_head, positions="sinusoidal", scale_e
         angle = position / 10000 ** (torch.arange(0, d, 2, dtype=position.dtype) / d)
         pe = torch.stack([torch.sin(angle), torch.cos(angle)], dim=-1).reshape(T, d)
     x = (math.sqrt(d) if scale_embedding else 1.0) * p["tok_emb.weight"][idx] + pe
+
+    def normalise(x, name, param):  # modded-nanogpt's F.rms_norm at torch's default eps, or GPT-2's LayerNorm
+        if norm == "rmsnorm":
+            return F.rms_norm(x, (d,))
+        return F.layer_norm(x, (d,), param(f"{name}.weight"), param(f"{name}.bias"), eps=1e-5)
+
     for i in range(n_layer):
         b = lambda name: p[f"blocks.{i}.{name}"]  # noqa: E731
-        h = F.layer_norm(x, (d,), b("ln1.weight"), b("ln1.bias"), eps=1e-5)
+        h = normalise(x, "ln1", b)
         q, k, v = (h @ b("attn.qkv.weight") + b("attn.qkv.bias")).split(d, dim=-1)
         q, k, v = (t.reshape(B, T, n_head, d // n_head).transpose(1, 2) for t in (q, k, v))
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         x = x + y.transpose(1, 2).reshape(B, T, d) @ b("attn.proj.weight") + b("attn.proj.bias")
-        h = F.layer_norm(x, (d,), b("ln2.weight"), b("ln2.bias"), eps=1e-5)
+        h = normalise(x, "ln2", b)
         h = h @ b("ffn.fc.weight") + b("ffn.fc.bias")
         h = F.gelu(h, approximate="tanh") if activation == "gelu" else F.relu(h).square()
         x = x + h @ b("ffn.proj.weight") + b("ffn.proj.bias")
-    x = F.layer_norm(x, (d,), p["ln_f.weight"], p["ln_f.bias"], eps=1e-5)
+    x = normalise(x, "ln_f", lambda name: p[name])
     logits = x @ p["tok_emb.weight"].T
     return F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1))

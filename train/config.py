@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from engine.backend import DEVICES, DTYPES
 from engine.comm import COMM_KINDS, DEFAULT_TIMEOUT
 from engine.errors import UserError
+from layers.block import NORMS
 from layers.ffn import ACTIVATIONS
 from layers.model import ModelConfig
 from train.checkpoint import MODEL_KEYS, checkpoint_model
@@ -69,7 +70,8 @@ POSITIVE = ("vocab_size", "d_model", "n_layer", "n_head", "d_ff", "seq_len", "ba
 NON_NEGATIVE = ("seed", "threads", "min_lr", "warmup_steps", "weight_decay", "adam_eps", "grad_clip", "tokens_per_step")
 CHOICES = {"dtype": tuple(DTYPES), "device": DEVICES, "comm": COMM_KINDS, "cuda_aware_mpi": ("auto", "yes", "no"),
            "tokenizer": tuple(TOKENIZERS), "wandb_mode": ("offline", "online", "disabled"),
-           "positions": ("sinusoidal", "learned"), "activation": ACTIVATIONS}
+           "positions": ("sinusoidal", "learned"), "activation": ACTIVATIONS,
+           "norm": NORMS}
 
 
 def typed_value(key, value, source):

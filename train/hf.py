@@ -203,6 +203,8 @@ def check_exportable(cfg, ckpt):
     if cfg.activation != "gelu":
         raise UserError(f"{ckpt}: its MLP's activation is {cfg.activation}, and GPT-2's format holds the tanh GELU "
                         f"alone (activation_function gelu_new)")
+    if cfg.norm != "layernorm":
+        raise UserError(f"{ckpt}: it normalises with {cfg.norm}, and GPT-2's format holds LayerNorms alone")
 
 
 def export_checkpoint(ckpt, out):
