@@ -1,4 +1,4 @@
-"""Linear: y = x W + b, with W stored (in, out).
+"""Linear: y = x W + b, with W stored (in, out), or y = x W in a model without biases.
 
 Derivation: each y[n, j] = Σ_i x[n, i] W[i, j] + b[j], so
   dx = dy Wᵀ,  dW = Σ_n x[n]ᵀ dy[n] = xᵀ dy (rows flattened),  db = Σ_n dy[n].
@@ -25,10 +25,11 @@ class Linear:
         self.name = name
         self.kind = kind  # named by the layer that owns it: "linear qkv"
         self.weight = store.params[f"{name}.weight"]
-        self.bias = store.params[f"{name}.bias"]
         self.weight_grad = store.grads[f"{name}.weight"]
-        self.bias_grad = store.grads[f"{name}.bias"]
-        self.parameter_names = (f"{name}.weight", f"{name}.bias")
+        # None in a model without biases (bias=false): then y = x W, and there is no db to keep
+        self.bias = store.params.get(f"{name}.bias")
+        self.bias_grad = store.grads.get(f"{name}.bias")
+        self.parameter_names = (f"{name}.weight",) + ((f"{name}.bias",) if self.bias is not None else ())
 
     def forward(self, x):
         y, self.cache = linear_forward(x, self.weight, self.bias)
@@ -37,5 +38,6 @@ class Linear:
     def backward(self, dy):
         dx, dw, db = linear_backward(dy, self.cache)
         self.weight_grad += dw
-        self.bias_grad += db
+        if self.bias is not None:
+            self.bias_grad += db
         return dx

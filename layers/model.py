@@ -33,6 +33,7 @@ class ModelConfig:
     scale_embedding: bool = True  # x = √d · E[idx] (nano2), or E[idx] (GPT-2)
     activation: str = "gelu"      # the MLP's: "gelu" (GPT-2's tanh GELU) or "relu2" (modded-nanogpt's)
     norm: str = "layernorm"       # "layernorm" (GPT-2's) or "rmsnorm" (modded-nanogpt's, no parameters)
+    bias: bool = True             # the linear layers' biases; false drops them all (modded-nanogpt)
 
     def model_config(self):
         """The model's keys alone (of a run's Config too), as a ModelConfig."""
@@ -50,13 +51,18 @@ def parameter_shapes(config):
         p = f"blocks.{i}"
         shapes += [
             *norm_shapes(config, f"{p}.ln1"),
-            (f"{p}.attn.qkv.weight", (d, 3 * d)), (f"{p}.attn.qkv.bias", (3 * d,)),
-            (f"{p}.attn.proj.weight", (d, d)), (f"{p}.attn.proj.bias", (d,)),
+            *linear_shapes(config, f"{p}.attn.qkv", d, 3 * d),
+            *linear_shapes(config, f"{p}.attn.proj", d, d),
             *norm_shapes(config, f"{p}.ln2"),
-            (f"{p}.ffn.fc.weight", (d, d_ff)), (f"{p}.ffn.fc.bias", (d_ff,)),
-            (f"{p}.ffn.proj.weight", (d_ff, d)), (f"{p}.ffn.proj.bias", (d,)),
+            *linear_shapes(config, f"{p}.ffn.fc", d, d_ff),
+            *linear_shapes(config, f"{p}.ffn.proj", d_ff, d),
         ]
     return shapes + norm_shapes(config, "ln_f")
+
+
+def linear_shapes(config, name, n_in, n_out):
+    """A linear layer's weight (in, out), and its bias where the model has biases."""
+    return [(f"{name}.weight", (n_in, n_out))] + ([(f"{name}.bias", (n_out,))] if config.bias else [])
 
 
 def norm_shapes(config, name):

@@ -79,7 +79,8 @@ def folder_tensors(folder):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("options, tied", [(NANO2_INPUT, False), (GPT2_INPUT, True)], ids=["nano2", "gpt2"])
+@pytest.mark.parametrize("options, tied", [(NANO2_INPUT, False), (GPT2_INPUT, True),
+                                           ({**GPT2_INPUT, "bias": False}, True)], ids=["nano2", "gpt2", "no-bias"])
 def test_export_logits_equal_nano2s(tmp_path, capsys, dtype, options, tied):
     ckpt = nano2_checkpoint(tmp_path / "model.safetensors", dtype, options)
     out = tmp_path / "exported"
@@ -357,10 +358,11 @@ def test_exported_tiny_checkpoint_loads_in_a_python_without_nano2(stories_dir, t
 def test_every_model_key_has_a_gpt2_counterpart():
     """train/hf.py maps these keys and values; a new one must be exported (or refused) there first."""
     assert [f.name for f in fields(ModelConfig)] == ["vocab_size", "d_model", "n_layer", "n_head", "d_ff", "seq_len",
-                                                     "positions", "scale_embedding", "activation", "norm"]
+                                                     "positions", "scale_embedding", "activation", "norm", "bias"]
     assert CHOICES["positions"] == ("sinusoidal", "learned")
     assert CHOICES["activation"] == ("gelu", "relu2")  # relu2 refused by check_exportable
     assert CHOICES["norm"] == ("layernorm", "rmsnorm")  # rmsnorm refused by check_exportable
+    # bias=false is exported with zero biases (export_tensors), which GPT-2 computes exactly
 
 
 @pytest.mark.parametrize("option, said", [
@@ -374,6 +376,7 @@ def test_export_refuses_what_gpt2_cannot_hold(tmp_path, capsys, option, said):
                                          "nano2_export", capsys)
     assert status == 2 and stderr.strip() == f"nano2_export: error: {ckpt}: {said}"
     assert not (tmp_path / "out").exists()
+
 
 def test_an_imported_model_samples_as_a_trained_one_does(good_gpt2, tmp_path, capsys):
     """nano2_sample's loading and KV-cached decoding of an imported GPT-2: transformers' greedy tokens."""

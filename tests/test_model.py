@@ -24,8 +24,8 @@ def small_model(dtype=np.float64, seed=0, **options):
     return model
 
 
-@pytest.mark.parametrize("options", [{}, GPT2_OPTIONS, {"activation": "relu2"}, {"norm": "rmsnorm"}],
-                         ids=["nano2", "gpt2-input", "relu2", "rmsnorm"])
+@pytest.mark.parametrize("options", [{}, GPT2_OPTIONS, {"activation": "relu2"}, {"norm": "rmsnorm"}, {"bias": False}],
+                         ids=["nano2", "gpt2-input", "relu2", "rmsnorm", "no-bias"])
 def test_every_parameter_entry_matches_central_differences(options):
     model = small_model(**options)
     assert ("pos_emb.weight" in model.store.shapes) == (options.get("positions") == "learned")

@@ -36,7 +36,8 @@ def test_two_ranks_train_modded_options_as_one(small_args, tmp_path):
     """RMSNorm leaves ln_f without parameters, so without a gradient bucket of its own."""
     def two_ranks(command):
         return subprocess.run([MPIEXEC, "-n", "2", *command], capture_output=True, text=True, timeout=300)
-    modded = small_args[:-1] + ["--norm=rmsnorm", "--activation=relu2"] + small_args[-1:]  # out_dir stays last
+    options = ["--norm=rmsnorm", "--activation=relu2", "--bias=false"]
+    modded = small_args[:-1] + options + small_args[-1:]  # out_dir stays last
     assert_trains_like_one_process(two_ranks, 2, modded, tmp_path, "float64", 1e-12)
 
 

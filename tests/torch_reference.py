@@ -8,7 +8,7 @@ F = torch.nn.functional
 
 
 def torch_loss(p, idx, targets, n_layer, n_head, positions="sinusoidal", scale_embedding=True, activation="gelu",
-               norm="layernorm"):
+               norm="layernorm", bias=True):
     V, d = p["tok_emb.weight"].shape
     B, T = idx.shape
     if positions == "learned":  # GPT-2's wpe
@@ -24,17 +24,20 @@ def torch_loss(p, idx, targets, n_layer, n_head, positions="sinusoidal", scale_e
             return F.rms_norm(x, (d,))
         return F.layer_norm(x, (d,), param(f"{name}.weight"), param(f"{name}.bias"), eps=1e-5)
 
+    def linear(x, name, param):  # x W + b, or x W without biases
+        return x @ param(f"{name}.weight") + param(f"{name}.bias") if bias else x @ param(f"{name}.weight")
+
     for i in range(n_layer):
         b = lambda name: p[f"blocks.{i}.{name}"]  # noqa: E731
         h = normalise(x, "ln1", b)
-        q, k, v = (h @ b("attn.qkv.weight") + b("attn.qkv.bias")).split(d, dim=-1)
+        q, k, v = linear(h, "attn.qkv", b).split(d, dim=-1)
         q, k, v = (t.reshape(B, T, n_head, d // n_head).transpose(1, 2) for t in (q, k, v))
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        x = x + y.transpose(1, 2).reshape(B, T, d) @ b("attn.proj.weight") + b("attn.proj.bias")
+        x = x + linear(y.transpose(1, 2).reshape(B, T, d), "attn.proj", b)
         h = normalise(x, "ln2", b)
-        h = h @ b("ffn.fc.weight") + b("ffn.fc.bias")
+        h = linear(h, "ffn.fc", b)
         h = F.gelu(h, approximate="tanh") if activation == "gelu" else F.relu(h).square()
-        x = x + h @ b("ffn.proj.weight") + b("ffn.proj.bias")
+        x = x + linear(h, "ffn.proj", b)
     x = normalise(x, "ln_f", lambda name: p[name])
     logits = x @ p["tok_emb.weight"].T
     return F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1))

@@ -10,6 +10,7 @@ An imported GPT-2 is a nano2 model with positions="learned" and scale_embedding=
 cannot represent (another activation, attention scaled by layer, an untied head, ...) is refused
 in one line. Both directions read and write safetensors with NumPy alone: no torch, no transformers.
 """
+import dataclasses
 import json
 import math
 import os
@@ -92,10 +93,12 @@ def checkpoint_parameters(tensors, cfg, path):
 
 
 def export_tensors(cfg, params):
-    """(GPT2LMHeadModel's tensors of nano2 parameters {name: array}, whether its head is tied)."""
+    """(GPT2LMHeadModel's tensors of nano2 parameters {name: array}, whether its head is tied).
+    A model without biases (bias=false) computes what GPT-2 computes with zero biases."""
     E = params["tok_emb.weight"]
     scale = embedding_scale(cfg)
-    tensors = {PREFIX + gpt2_name(name): value for name, value in params.items()}
+    tensors = {PREFIX + gpt2_name(name): params[name] if name in params else np.zeros(shape, E.dtype)
+               for name, shape in parameter_shapes(dataclasses.replace(cfg, bias=True))}
     # The model's dtype times a Python float, as nano2's forward computes scale · E[idx].
     tensors[PREFIX + "wte.weight"] = scale * E
     if cfg.positions == "sinusoidal":  # else pos_emb.weight, already there as wpe
