@@ -73,3 +73,15 @@ class TiedHead:
         dh, dw = tied_head_backward(dlogits, self.cache)
         self.weight_grad += dw
         return dh
+
+
+class UntiedHead(TiedHead):
+    """An output head of its own (tie_head=false, modded-nanogpt's lm_head): logits = h Wᵀ with
+    W = head.weight (V, d), the same math as the tied head's over another matrix."""
+    kind = "head (untied)"
+
+    def __init__(self, store, name="head"):
+        self.name = name
+        self.weight = store.params[f"{name}.weight"]
+        self.weight_grad = store.grads[f"{name}.weight"]
+        self.parameter_names = (f"{name}.weight",)

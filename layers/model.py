@@ -1,9 +1,9 @@
 """The nano2 decoder: √d · E[idx] + sinusoidal positions (or GPT-2's E[idx] + learned ones),
-L pre-LN blocks, a final LayerNorm (or RMSNorm), and logits through the embedding's own matrix (the tied
-head); mean cross-entropy on top.
+L pre-LN blocks, a final LayerNorm (or RMSNorm), and logits through the embedding's own matrix
+(the tied head; or a head of its own); mean cross-entropy on top.
 
-Backward runs the same layers in reverse. The only join is E: the head's gradient and the
-embedding's both add into one buffer, which is what tying means for the gradient.
+Backward runs the same layers in reverse. With the tied head the only join is E: the head's
+gradient and the embedding's both add into one buffer, which is what tying means for the gradient.
 """
 import dataclasses
 import math
@@ -13,7 +13,7 @@ import numpy as np
 
 from engine.params import ParameterStore
 from layers.block import Block, make_norm
-from layers.embedding import TiedHead, TokenEmbedding
+from layers.embedding import TiedHead, TokenEmbedding, UntiedHead
 from layers.positions import LearnedPositions, SinusoidalPositions
 from layers.xent import CrossEntropy
 
@@ -34,6 +34,8 @@ class ModelConfig:
     activation: str = "gelu"      # the MLP's: "gelu" (GPT-2's tanh GELU) or "relu2" (modded-nanogpt's)
     norm: str = "layernorm"       # "layernorm" (GPT-2's) or "rmsnorm" (modded-nanogpt's, no parameters)
     bias: bool = True             # the linear layers' biases; false drops them all (modded-nanogpt)
+    tie_head: bool = True         # the head reads tok_emb.weight; false gives it head.weight (V, d) of its own
+    zero_init_proj: bool = False  # the output projections (and an untied head) start at zero (modded-nanogpt)
 
     def model_config(self):
         """The model's keys alone (of a run's Config too), as a ModelConfig."""
@@ -57,7 +59,8 @@ def parameter_shapes(config):
             *linear_shapes(config, f"{p}.ffn.fc", d, d_ff),
             *linear_shapes(config, f"{p}.ffn.proj", d_ff, d),
         ]
-    return shapes + norm_shapes(config, "ln_f")
+    shapes += norm_shapes(config, "ln_f")
+    return shapes + ([] if config.tie_head else [("head.weight", (config.vocab_size, d))])
 
 
 def linear_shapes(config, name, n_in, n_out):
@@ -81,17 +84,20 @@ def parameter_names(layer):
     return names
 
 
-def init_parameters(store, n_layer, seed):
+def init_parameters(store, n_layer, seed, zero_init_proj=False):
     """GPT-2's init: weights N(0, 0.02), the residual output projections N(0, 0.02/√(2L)) so the
-    residual stream's variance does not grow with depth, biases 0, LayerNorm weights 1.
-    Drawn in float64 on the host from `seed`, so every dtype and device starts from the same model."""
+    residual stream's variance does not grow with depth, biases 0, LayerNorm weights 1; with
+    zero_init_proj the projections and an untied head start at 0 (modded-nanogpt's record 5: each
+    block then starts as the identity). Drawn in float64 on the host from `seed`, so every dtype
+    and device starts from the same model."""
     rng = np.random.default_rng(seed)
     for name, shape in store.shapes.items():
+        projection = name.endswith("attn.proj.weight") or name.endswith("ffn.proj.weight")
         if name.endswith("ln1.weight") or name.endswith("ln2.weight") or name == "ln_f.weight":
             value = np.ones(shape)
-        elif name.endswith(".bias"):
+        elif name.endswith(".bias") or (zero_init_proj and (projection or name == "head.weight")):
             value = np.zeros(shape)
-        elif name.endswith("attn.proj.weight") or name.endswith("ffn.proj.weight"):
+        elif projection:
             value = rng.normal(0.0, 0.02 / math.sqrt(2 * n_layer), shape)
         else:
             value = rng.normal(0.0, 0.02, shape)
@@ -109,7 +115,7 @@ class Decoder:
         self.blocks = [Block(self.store, f"blocks.{i}", config.n_head, config.activation, config.norm)
                        for i in range(config.n_layer)]
         self.ln_f = make_norm(self.store, "ln_f", config.norm)
-        self.head = TiedHead(self.embedding)
+        self.head = TiedHead(self.embedding) if config.tie_head else UntiedHead(self.store)
         self.xent = CrossEntropy()
 
     def named_layers(self):
@@ -153,10 +159,11 @@ class Decoder:
     def gradient_buckets(self):
         """{layer name: (start, stop)} of the flat gradient buffer for each name backward passes
         to grads_ready (tok_emb, with the learned positions, each block, ln_f where it has
-        parameters): contiguous, as the store lays them out."""
+        parameters, an untied head): contiguous, as the store lays them out."""
         buckets = {}
+        own_head = () if self.config.tie_head else (self.head,)
         for name, layers in ((self.embedding.name, (self.embedding, self.positions)),
-                             *((layer.name, (layer,)) for layer in (*self.blocks, self.ln_f))):
+                             *((layer.name, (layer,)) for layer in (*self.blocks, self.ln_f, *own_head))):
             spans = [self.store.span(p) for layer in layers for p in parameter_names(layer)]
             if spans:
                 buckets[name] = (min(s.start for s in spans), max(s.stop for s in spans))
@@ -165,11 +172,14 @@ class Decoder:
     def backward(self, dloss=1.0, grads_ready=None):
         """Add dloss · d loss / d parameter into the store's gradient buffer (call forward with
         targets first); dloss = 1/k averages the gradients of k accumulated micro-batches.
-        grads_ready(name), if given, is called as soon as the gradients of ln_f, of each block
-        and of tok_emb (and the learned positions) are final, so their allreduce can start while
-        backward goes on."""
+        grads_ready(name), if given, is called as soon as the gradients of an untied head, ln_f,
+        each block and tok_emb (and the learned positions) are final, so their allreduce can start
+        while backward goes on."""
         notify = grads_ready or (lambda name: None)
-        dx = self.ln_f.backward(self.head.backward(self.xent.backward(dloss)))
+        dh = self.head.backward(self.xent.backward(dloss))
+        if not self.config.tie_head:
+            notify(self.head.name)
+        dx = self.ln_f.backward(dh)
         if self.ln_f.parameter_names:
             notify(self.ln_f.name)
         for block in reversed(self.blocks):

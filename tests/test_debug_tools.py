@@ -51,12 +51,13 @@ def test_trace_and_check_name_the_learned_positions(capsys):
     assert status == 0 and "agrees with central differences" in out
 
 
-def test_trace_and_check_name_the_relu2_and_rmsnorm_layers(capsys):
-    modded = [*SMALL, "--activation=relu2", "--norm=rmsnorm"]
+def test_trace_and_check_name_the_modded_layers(capsys):
+    modded = [*SMALL, "--activation=relu2", "--norm=rmsnorm", "--bias=false", "--tie_head=false"]
     status, out, _ = run(["trace", *modded], capsys)
     rows = [line.split()[1:3] for line in out.splitlines()[1:] if line[:3].strip().isdigit()]
     assert status == 0 and ["blocks.1.ffn.relu2", "backward"] in rows and "gelu" not in out
     assert ["blocks.1.ln2", "backward"] in rows and "ln2.weight" not in out  # an RMSNorm learns nothing
+    assert "head.weight" in out and ".bias" not in out
     status, out, _ = run(["check", *modded], capsys)
     assert status == 0 and "agrees with central differences" in out
 

@@ -24,8 +24,9 @@ def small_model(dtype=np.float64, seed=0, **options):
     return model
 
 
-@pytest.mark.parametrize("options", [{}, GPT2_OPTIONS, {"activation": "relu2"}, {"norm": "rmsnorm"}, {"bias": False}],
-                         ids=["nano2", "gpt2-input", "relu2", "rmsnorm", "no-bias"])
+@pytest.mark.parametrize("options", [{}, GPT2_OPTIONS, {"activation": "relu2"}, {"norm": "rmsnorm"}, {"bias": False},
+                                     {"tie_head": False}], ids=["nano2", "gpt2-input", "relu2", "rmsnorm", "no-bias",
+                                                                "untied-head"])
 def test_every_parameter_entry_matches_central_differences(options):
     model = small_model(**options)
     assert ("pos_emb.weight" in model.store.shapes) == (options.get("positions") == "learned")
@@ -135,3 +136,15 @@ def test_every_matrix_product_is_two_dimensional_and_needs_no_copy(monkeypatch):
     assert len(operands) == (2 + 3) * 4 * SMALL["n_layer"] + 3 * 2, "a product went another way"
     for name, a in operands:
         assert a.ndim == 2 and (a.flags.c_contiguous or a.flags.f_contiguous), (name, a.shape, a.strides)
+
+
+def test_zero_init_proj_starts_the_projections_and_an_untied_head_at_zero():
+    model = Decoder(ModelConfig(**SMALL, tie_head=False), dtype=np.float64)
+    init_parameters(model.store, SMALL["n_layer"], seed=0, zero_init_proj=True)
+    zeroed = [name for name, p in model.store.params.items() if not np.any(p)]
+    projections = [f"blocks.{i}.{p}.weight" for i in range(SMALL["n_layer"]) for p in ("attn.proj", "ffn.proj")]
+    biases = [name for name in model.store.shapes if name.endswith(".bias")]  # zero in every init
+    assert sorted(zeroed) == sorted(projections + biases + ["head.weight"])
+    idx, targets = random_batch(np.random.default_rng(1), 2, 6, SMALL["vocab_size"])
+    _, loss = model.forward(idx, targets)
+    assert float(loss) == pytest.approx(math.log(SMALL["vocab_size"]), rel=1e-12), "a zero head: uniform logits"

@@ -33,10 +33,11 @@ def test_two_ranks_equal_one_rank_with_the_same_global_batch(small_args, tmp_pat
 
 
 def test_two_ranks_train_modded_options_as_one(small_args, tmp_path):
-    """RMSNorm leaves ln_f without parameters, so without a gradient bucket of its own."""
+    """RMSNorm leaves ln_f without parameters, so without a gradient bucket of its own; an untied
+    head's is the first bucket backward finishes."""
     def two_ranks(command):
         return subprocess.run([MPIEXEC, "-n", "2", *command], capture_output=True, text=True, timeout=300)
-    options = ["--norm=rmsnorm", "--activation=relu2", "--bias=false"]
+    options = ["--norm=rmsnorm", "--activation=relu2", "--bias=false", "--tie_head=false", "--zero_init_proj=true"]
     modded = small_args[:-1] + options + small_args[-1:]  # out_dir stays last
     assert_trains_like_one_process(two_ranks, 2, modded, tmp_path, "float64", 1e-12)
 
@@ -170,12 +171,13 @@ def test_threads_are_shared_among_local_ranks():
     assert threads_per_rank(local_size=2, cpu_count=16, affinity=3) == 3, "a bound rank keeps its cores"
 
 
-@pytest.mark.parametrize("options", [{}, {"positions": "learned"}, {"norm": "rmsnorm"}])
+@pytest.mark.parametrize("options", [{}, {"positions": "learned"}, {"norm": "rmsnorm"}, {"tie_head": False}])
 def test_buckets_tile_the_gradient_buffer(options):
     model = Decoder(ModelConfig(256, 16, 3, 2, 32, 8, **options))
     store, buckets = model.store, model.gradient_buckets()
     ln_f = [] if options.get("norm") == "rmsnorm" else ["ln_f"]  # an RMSNorm has no parameters to average
-    assert list(buckets) == ["tok_emb", "blocks.0", "blocks.1", "blocks.2", *ln_f]
+    head = [] if options.get("tie_head", True) else ["head"]
+    assert list(buckets) == ["tok_emb", "blocks.0", "blocks.1", "blocks.2", *ln_f, *head]
     edges = sorted(buckets.values())
     assert edges[0][0] == 0 and edges[-1][1] == store.numel
     assert all(a[1] == b[0] for a, b in zip(edges, edges[1:]))

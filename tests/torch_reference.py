@@ -8,7 +8,7 @@ F = torch.nn.functional
 
 
 def torch_loss(p, idx, targets, n_layer, n_head, positions="sinusoidal", scale_embedding=True, activation="gelu",
-               norm="layernorm", bias=True):
+               norm="layernorm", bias=True, tie_head=True):
     V, d = p["tok_emb.weight"].shape
     B, T = idx.shape
     if positions == "learned":  # GPT-2's wpe
@@ -39,5 +39,5 @@ def torch_loss(p, idx, targets, n_layer, n_head, positions="sinusoidal", scale_e
         h = F.gelu(h, approximate="tanh") if activation == "gelu" else F.relu(h).square()
         x = x + linear(h, "ffn.proj", b)
     x = normalise(x, "ln_f", lambda name: p[name])
-    logits = x @ p["tok_emb.weight"].T
+    logits = x @ (p["tok_emb.weight"] if tie_head else p["head.weight"]).T
     return F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1))

@@ -7,7 +7,7 @@ tensor maps one to one under another name. Only the ends of the model differ:
     wpe     = the sinusoid table (seq_len rows), or the learned pos_emb.weight
     lm_head = E           (a head of its own, tie_word_embeddings false, only when scale ≠ 1)
 An imported GPT-2 is a nano2 model with positions="learned" and scale_embedding=false; what nano2
-cannot represent (another activation, attention scaled by layer, an untied head, ...) is refused
+cannot represent (another activation, attention scaled by layer, ...) is refused
 in one line. Both directions read and write safetensors with NumPy alone: no torch, no transformers.
 """
 import dataclasses
@@ -98,15 +98,16 @@ def export_tensors(cfg, params):
     E = params["tok_emb.weight"]
     scale = embedding_scale(cfg)
     tensors = {PREFIX + gpt2_name(name): params[name] if name in params else np.zeros(shape, E.dtype)
-               for name, shape in parameter_shapes(dataclasses.replace(cfg, bias=True))}
+               for name, shape in parameter_shapes(dataclasses.replace(cfg, bias=True, tie_head=True))}
     # The model's dtype times a Python float, as nano2's forward computes scale · E[idx].
     tensors[PREFIX + "wte.weight"] = scale * E
     if cfg.positions == "sinusoidal":  # else pos_emb.weight, already there as wpe
         tensors[PREFIX + "wpe.weight"] = sinusoidal_table(cfg.seq_len, cfg.d_model).astype(E.dtype)
-    tied = scale == 1.0
-    if not tied:  # the head reads E itself, not the scaled input embedding
-        tensors["lm_head.weight"] = E
-    return tensors, tied
+    # A head of its own, or the tied head reading E itself where the input embedding is scaled
+    head = E if cfg.tie_head and scale != 1.0 else params.get("head.weight")
+    if head is not None:
+        tensors["lm_head.weight"] = head
+    return tensors, head is None
 
 
 def gpt2_config(cfg, tied, dtype):
@@ -298,7 +299,7 @@ def check_gpt2_config(hf, source):
     # reorder_and_upcast_attn changes only the order of the operations (and mixed precision): accepted.
 
 
-def nano2_config(hf, tokenizer, dtype, source):
+def nano2_config(hf, tokenizer, dtype, source, tie_head=True):
     """The nano2 Config of a GPT-2 config.json (already checked), reading `tokenizer` (None: by the vocabulary)."""
     sizes = {key: hf.get(key, default) for key, default in GPT2_DEFAULTS.items()}
     sizes["n_inner"] = hf.get("n_inner")  # None: 4 · n_embd
@@ -314,16 +315,28 @@ def nano2_config(hf, tokenizer, dtype, source):
     return config_from_dict({"vocab_size": vocab_size, "d_model": sizes["n_embd"], "n_layer": sizes["n_layer"],
                              "n_head": sizes["n_head"], "d_ff": sizes["n_inner"] or 4 * sizes["n_embd"],
                              "seq_len": sizes["n_positions"], "positions": "learned", "scale_embedding": False,
-                             "tokenizer": tokenizer, "dtype": str(dtype)}, source)
+                             "tokenizer": tokenizer, "dtype": str(dtype), "tie_head": tie_head}, source)
+
+
+def unprefixed(weights):
+    """(GPT-2's tensors under GPT2Model's names, lm_head's as it is; the prefix they had)."""
+    prefix = PREFIX if any(name.startswith(PREFIX) for name in weights) else ""
+    return {name.removeprefix(prefix): value for name, value in weights.items()}, prefix
+
+
+def has_own_head(weights):
+    """Whether a GPT-2's lm_head.weight is a matrix of its own, not wte (which transformers ties it to)."""
+    weights, _ = unprefixed(weights)
+    head, wte = weights.get("lm_head.weight"), weights.get("wte.weight")
+    return head is not None and not (wte is not None and np.array_equal(head, wte))
 
 
 def import_parameters(weights, cfg, tied, folder):
     """{nano2 name: array} of a GPT-2's tensors (prefixed or not), every one there in its shape,
-    none left over, and its head the token embedding."""
-    prefix = PREFIX if any(name.startswith(PREFIX) for name in weights) else ""
-    weights = {name.removeprefix(prefix): value for name, value in weights.items()}
+    none left over; an lm_head of its own becomes head.weight (cfg.tie_head false)."""
+    weights, prefix = unprefixed(weights)
     params = {}
-    for name, shape in parameter_shapes(cfg):
+    for name, shape in parameter_shapes(dataclasses.replace(cfg, tie_head=True)):
         hf_name = prefix + gpt2_name(name)
         if gpt2_name(name) not in weights:
             raise UserError(f"{folder}: no tensor {hf_name}; not a whole GPT-2 model")
@@ -337,9 +350,11 @@ def import_parameters(weights, cfg, tied, folder):
     if head is None and not tied:
         raise UserError(f"{folder}: tie_word_embeddings is false but there is no lm_head.weight "
                         f"(transformers would start the head at random)")
-    if head is not None and not np.array_equal(head, params["tok_emb.weight"]):
-        raise UserError(f"{folder}: an untied head (lm_head.weight is not wte), but nano2's head is its "
-                        f"token embedding")
+    if not cfg.tie_head:
+        if tuple(head.shape) != (cfg.vocab_size, cfg.d_model):
+            raise UserError(f"{folder}: lm_head.weight has shape {tuple(head.shape)}, but config.json's sizes "
+                            f"make it {(cfg.vocab_size, cfg.d_model)}")
+        params["head.weight"] = head
     extra = [name for name in weights if not MASK_BUFFER.fullmatch(name)]
     if extra:
         raise UserError(f"{folder}: tensor {prefix + extra[0]} is not part of a GPT-2 that nano2 can represent")
@@ -360,13 +375,14 @@ def import_folder(folder, out, tokenizer=None):
     weights = read_hf_weights(folder)
     # float16 widens to float32 exactly; float64 stays, so export after import gives the same tensors.
     dtype = np.float64 if any(w.dtype == np.float64 for w in weights.values()) else np.float32
-    cfg = nano2_config(hf, tokenizer, np.dtype(dtype), config_path)
+    cfg = nano2_config(hf, tokenizer, np.dtype(dtype), config_path, tie_head=not has_own_head(weights))
     params = import_parameters(weights, cfg, hf.get("tie_word_embeddings", True), folder)
     params = {name: value.astype(dtype, copy=False) for name, value in params.items()}
     write_safetensors(out, params, {"format": FORMAT, "config": cfg.to_dict(), "step": 0,
                                     "best_val_loss": math.inf, "imported_from": os.path.abspath(folder)})
     return (f"wrote {out}: {sum(p.size for p in params.values()):,} parameters ({np.dtype(dtype)}) of {folder}, "
-            f"positions learned, scale_embedding false, tokenizer {cfg.tokenizer}")
+            f"positions learned, scale_embedding false, {'tied' if cfg.tie_head else 'untied'} head, "
+            f"tokenizer {cfg.tokenizer}")
 
 
 # ---------------------------------------------------------------- commands

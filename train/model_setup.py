@@ -31,5 +31,5 @@ def build_model(cfg, dtype=None):
         raise UserError(f"config: the GPU attention kernels take head sizes (d_model / n_head) "
                         f"{', '.join(map(str, ATTENTION_HEAD_SIZES))}, not {head_size}")
     model = Decoder(cfg, resolve_dtype(dtype_name), get_array_module(cfg.device, cfg.tf32, world().local_rank))
-    init_parameters(model.store, cfg.n_layer, cfg.seed)
+    init_parameters(model.store, cfg.n_layer, cfg.seed, cfg.zero_init_proj)
     return model
