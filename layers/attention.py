@@ -4,11 +4,14 @@ over past and present positions only; heads concatenated, then x W_proj + b_proj
 Derivation: splitting qkv into heads and merging them back are reshapes, so their backward is
 the inverse reshape; the per-head gradients dq, dk, dv come from the fused kernel (its
 derivation is in engine/kernels/reference.py) and the two linears are layers/linear.py's.
+With qk_norm (modded-nanogpt's record 5) each head's q and k are RMS-normalised first, so dq and
+dk pass back through layers/rmsnorm.py's backward.
 """
 from engine import kernels
 from engine.backend import array_module
 from engine.kernels import reference
 from layers.linear import Linear
+from layers.rmsnorm import rmsnorm_backward, rmsnorm_forward
 
 
 def split_heads(x, n_head):
@@ -23,29 +26,39 @@ def merge_heads(x):
     return x.transpose(0, 2, 1, 3).reshape(B, T, H * hd)
 
 
-def causal_attention_forward(qkv, n_head):
+def heads_of(qkv, n_head, qk_norm):
+    """Each head's q, k and v, q and k RMS-normalised under qk_norm; and the norms' caches (or None)."""
     d = qkv.shape[-1] // 3
     q, k, v = (split_heads(qkv[..., i * d:(i + 1) * d], n_head) for i in range(3))
+    if not qk_norm:
+        return q, k, v, None
+    (q, q_cache), (k, k_cache) = rmsnorm_forward(q), rmsnorm_forward(k)
+    return q, k, v, (q_cache, k_cache)
+
+
+def causal_attention_forward(qkv, n_head, qk_norm=False):
+    q, k, v, norms = heads_of(qkv, n_head, qk_norm)
     out, lse = kernels.of(q).attention_forward(q, k, v)
-    return merge_heads(out), (q, k, v, out, lse)
+    return merge_heads(out), (q, k, v, out, lse, norms)
 
 
 def causal_attention_backward(dy, cache):
-    q, k, v, out, lse = cache
+    q, k, v, out, lse, norms = cache
     xp = array_module(dy)
     dout = split_heads(dy, q.shape[1])
     dq, dk, dv = kernels.of(dout).attention_backward(dout, q, k, v, out, lse)
+    if norms is not None:
+        dq, dk = rmsnorm_backward(dq, norms[0]), rmsnorm_backward(dk, norms[1])
     return xp.concatenate([merge_heads(dq), merge_heads(dk), merge_heads(dv)], axis=-1)
 
 
-def cached_attention_forward(qkv, n_head, kv_cache, start):
+def cached_attention_forward(qkv, n_head, kv_cache, start, qk_norm=False):
     """Inference only: attention for the new positions start.. of qkv, over the keys and values
     of every earlier position kept in kv_cache (arrays of shape (B, H, seq_len, hd)), which
     the new positions' keys and values are written into. The masked scores are the
     reference's, so the result equals a full recomputation."""
     xp = array_module(qkv)
-    d = qkv.shape[-1] // 3
-    q, k, v = (split_heads(qkv[..., i * d:(i + 1) * d], n_head) for i in range(3))
+    q, k, v, _ = heads_of(qkv, n_head, qk_norm)
     end = start + q.shape[2]
     kv_cache["k"][:, :, start:end] = k
     kv_cache["v"][:, :, start:end] = v
@@ -58,19 +71,21 @@ def cached_attention_forward(qkv, n_head, kv_cache, start):
 class CausalSelfAttention:
     kind = "attention core"  # the linears have rows of their own
 
-    def __init__(self, store, name, n_head):
+    def __init__(self, store, name, n_head, qk_norm=False):
         self.name = name
         self.n_head = n_head
+        self.qk_norm = qk_norm
         self.qkv = Linear(store, f"{name}.qkv", "linear qkv")
         self.proj = Linear(store, f"{name}.proj", "linear attn.proj")
         self.children = (self.qkv, self.proj)
 
     def forward(self, x):
-        y, self.cache = causal_attention_forward(self.qkv.forward(x), self.n_head)
+        y, self.cache = causal_attention_forward(self.qkv.forward(x), self.n_head, self.qk_norm)
         return self.proj.forward(y)
 
     def forward_cached(self, x, kv_cache, start):
-        return self.proj.forward(cached_attention_forward(self.qkv.forward(x), self.n_head, kv_cache, start))
+        return self.proj.forward(cached_attention_forward(self.qkv.forward(x), self.n_head, kv_cache, start,
+                                                          self.qk_norm))
 
     def backward(self, dy):
         dqkv = causal_attention_backward(self.proj.backward(dy), self.cache)

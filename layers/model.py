@@ -36,6 +36,7 @@ class ModelConfig:
     bias: bool = True             # the linear layers' biases; false drops them all (modded-nanogpt)
     tie_head: bool = True         # the head reads tok_emb.weight; false gives it head.weight (V, d) of its own
     zero_init_proj: bool = False  # the output projections (and an untied head) start at zero (modded-nanogpt)
+    qk_norm: bool = False         # RMSNorm of each head's q and k before attention (modded-nanogpt)
 
     def model_config(self):
         """The model's keys alone (of a run's Config too), as a ModelConfig."""
@@ -112,7 +113,7 @@ class Decoder:
         self.embedding = TokenEmbedding(self.store, "tok_emb", config.scale_embedding)
         self.positions = (LearnedPositions(self.store) if config.positions == "learned"
                           else SinusoidalPositions(config.seq_len, config.d_model, self.store.dtype, xp))
-        self.blocks = [Block(self.store, f"blocks.{i}", config.n_head, config.activation, config.norm)
+        self.blocks = [Block(self.store, f"blocks.{i}", config.n_head, config.activation, config.norm, config.qk_norm)
                        for i in range(config.n_layer)]
         self.ln_f = make_norm(self.store, "ln_f", config.norm)
         self.head = TiedHead(self.embedding) if config.tie_head else UntiedHead(self.store)

@@ -358,7 +358,7 @@ def test_every_model_key_has_a_gpt2_counterpart():
     """train/hf.py maps these keys and values; a new one must be exported (or refused) there first."""
     assert [f.name for f in fields(ModelConfig)] == ["vocab_size", "d_model", "n_layer", "n_head", "d_ff", "seq_len",
                                                      "positions", "scale_embedding", "activation", "norm", "bias",
-                                                     "tie_head", "zero_init_proj"]
+                                                     "tie_head", "zero_init_proj", "qk_norm"]
     assert CHOICES["positions"] == ("sinusoidal", "learned")
     assert CHOICES["activation"] == ("gelu", "relu2")  # relu2 refused by check_exportable
     assert CHOICES["norm"] == ("layernorm", "rmsnorm")  # rmsnorm refused by check_exportable
@@ -370,6 +370,7 @@ def test_every_model_key_has_a_gpt2_counterpart():
     ({"activation": "relu2"}, "its MLP's activation is relu2, and GPT-2's format holds the tanh GELU alone "
                               "(activation_function gelu_new)"),
     ({"norm": "rmsnorm"}, "it normalises with rmsnorm, and GPT-2's format holds LayerNorms alone"),
+    ({"qk_norm": True}, "it normalises each head's q and k (qk_norm), which GPT-2's attention does not"),
 ])
 def test_export_refuses_what_gpt2_cannot_hold(tmp_path, capsys, option, said):
     ckpt = nano2_checkpoint(tmp_path / "modded.safetensors", "float32", option)

@@ -116,12 +116,13 @@ def test_sinusoidal_table_follows_the_formula():
     assert sinusoidal_table(3, 5).shape == (3, 5)  # odd widths end on a sine column
 
 
+@pytest.mark.parametrize("qk_norm", [False, True])
 @pytest.mark.parametrize("n_head", [1, 2])
-def test_causal_attention(rng, n_head):
+def test_causal_attention(rng, n_head, qk_norm):
     qkv = rng.normal(size=(2, 5, 3 * 4))
     g = rng.normal(size=(2, 5, 4))
-    dqkv = causal_attention_backward(g, causal_attention_forward(qkv, n_head)[1])
-    loss = lambda: (causal_attention_forward(qkv, n_head)[0] * g).sum()
+    dqkv = causal_attention_backward(g, causal_attention_forward(qkv, n_head, qk_norm)[1])
+    loss = lambda: (causal_attention_forward(qkv, n_head, qk_norm)[0] * g).sum()
     assert_grad_close(dqkv, loss, qkv, "dqkv")
 
 

@@ -7,9 +7,9 @@ from train import sample
 from train.cli import run_main
 
 
-@pytest.fixture
-def model():
-    model = Decoder(ModelConfig(256, 32, 2, 4, 64, 16), dtype=np.float64)
+@pytest.fixture(params=[{}, {"qk_norm": True, "positions": "learned", "tie_head": False}], ids=["nano2", "modded"])
+def model(request):
+    model = Decoder(ModelConfig(256, 32, 2, 4, 64, 16, **request.param), dtype=np.float64)
     init_parameters(model.store, 2, seed=0)
     model.store.data[...] += np.random.default_rng(1).normal(0, 0.2, model.store.numel)
     return model

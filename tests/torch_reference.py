@@ -8,7 +8,7 @@ F = torch.nn.functional
 
 
 def torch_loss(p, idx, targets, n_layer, n_head, positions="sinusoidal", scale_embedding=True, activation="gelu",
-               norm="layernorm", bias=True, tie_head=True):
+               norm="layernorm", bias=True, tie_head=True, qk_norm=False):
     V, d = p["tok_emb.weight"].shape
     B, T = idx.shape
     if positions == "learned":  # GPT-2's wpe
@@ -32,6 +32,8 @@ def torch_loss(p, idx, targets, n_layer, n_head, positions="sinusoidal", scale_e
         h = normalise(x, "ln1", b)
         q, k, v = linear(h, "attn.qkv", b).split(d, dim=-1)
         q, k, v = (t.reshape(B, T, n_head, d // n_head).transpose(1, 2) for t in (q, k, v))
+        if qk_norm:  # modded-nanogpt: q, k = norm(q), norm(k) over each head's dimensions
+            q, k = F.rms_norm(q, (d // n_head,)), F.rms_norm(k, (d // n_head,))
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         x = x + linear(y.transpose(1, 2).reshape(B, T, d), "attn.proj", b)
         h = normalise(x, "ln2", b)

@@ -111,6 +111,9 @@ def validate(cfg):
                         f"got {cfg.zero}")
     if cfg.d_model % cfg.n_head != 0:
         raise UserError(f"config: d_model ({cfg.d_model}) must be divisible by n_head ({cfg.n_head})")
+    if cfg.qk_norm and cfg.d_model // cfg.n_head < 2:
+        raise UserError(f"config: qk_norm needs heads of 2 or more dimensions (d_model / n_head is "
+                        f"{cfg.d_model // cfg.n_head}): the RMSNorm of one number is only its sign")
     if not 0 < cfg.val_fraction < 1:
         raise UserError(f"config: val_fraction must be between 0 and 1, got {cfg.val_fraction}")
     for key in ("beta1", "beta2"):

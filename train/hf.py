@@ -209,6 +209,8 @@ def check_exportable(cfg, ckpt):
                         f"alone (activation_function gelu_new)")
     if cfg.norm != "layernorm":
         raise UserError(f"{ckpt}: it normalises with {cfg.norm}, and GPT-2's format holds LayerNorms alone")
+    if cfg.qk_norm:
+        raise UserError(f"{ckpt}: it normalises each head's q and k (qk_norm), which GPT-2's attention does not")
 
 
 def export_checkpoint(ckpt, out):
