@@ -15,6 +15,7 @@ from engine.params import ParameterStore
 from layers.block import Block, make_norm
 from layers.embedding import TiedHead, TokenEmbedding, UntiedHead
 from layers.positions import LearnedPositions, SinusoidalPositions
+from layers.rotary import RotaryPositions
 from layers.xent import CrossEntropy
 
 
@@ -29,7 +30,8 @@ class ModelConfig:
     n_head: int = 4
     d_ff: int = 512
     seq_len: int = 128            # the longest sequence; the position table has this many rows
-    positions: str = "sinusoidal"  # "sinusoidal" (computed) or "learned" (GPT-2's, pos_emb.weight)
+    positions: str = "sinusoidal"  # "sinusoidal" (computed), "learned" (GPT-2's, pos_emb.weight) or "rotary"
+    rope_base: float = 10000.0    # rotary positions' base: θ_i = rope_base^(-2i/head_size)
     scale_embedding: bool = True  # x = √d · E[idx] (nano2), or E[idx] (GPT-2)
     activation: str = "gelu"      # the MLP's: "gelu" (GPT-2's tanh GELU) or "relu2" (modded-nanogpt's)
     norm: str = "layernorm"       # "layernorm" (GPT-2's) or "rmsnorm" (modded-nanogpt's, no parameters)
@@ -111,10 +113,16 @@ class Decoder:
         self.xp = xp
         self.store = store or ParameterStore(parameter_shapes(config), dtype, xp)
         self.embedding = TokenEmbedding(self.store, "tok_emb", config.scale_embedding)
-        self.positions = (LearnedPositions(self.store) if config.positions == "learned"
-                          else SinusoidalPositions(config.seq_len, config.d_model, self.store.dtype, xp))
-        self.blocks = [Block(self.store, f"blocks.{i}", config.n_head, config.activation, config.norm, config.qk_norm)
-                       for i in range(config.n_layer)]
+        if config.positions == "learned":
+            self.positions = LearnedPositions(self.store)
+        elif config.positions == "rotary":
+            self.positions = RotaryPositions(config.seq_len, config.d_model // config.n_head, config.rope_base,
+                                             self.store.dtype, xp)
+        else:
+            self.positions = SinusoidalPositions(config.seq_len, config.d_model, self.store.dtype, xp)
+        rotary = self.positions if config.positions == "rotary" else None
+        self.blocks = [Block(self.store, f"blocks.{i}", config.n_head, config.activation, config.norm, config.qk_norm,
+                             rotary) for i in range(config.n_layer)]
         self.ln_f = make_norm(self.store, "ln_f", config.norm)
         self.head = TiedHead(self.embedding) if config.tie_head else UntiedHead(self.store)
         self.xent = CrossEntropy()

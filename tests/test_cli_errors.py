@@ -39,6 +39,8 @@ BAD_CONFIGS = {
     "unknown positions": ({"positions": "rotary2"}, "positions must be one of sinusoidal, learned"),
     "unknown activation": ({"activation": "tanh"}, "activation must be one of gelu, relu2, got 'tanh'"),
     "unknown norm": ({"norm": "batchnorm"}, "norm must be one of layernorm, rmsnorm, got 'batchnorm'"),
+    "rotary with odd heads": ({"positions": "rotary", "d_model": 9, "n_head": 3},
+                              "rotary positions turn pairs of dimensions, so heads need an even size"),
     "qk_norm of one-number heads": ({"qk_norm": True, "d_model": 8, "n_head": 8},
                                     "qk_norm needs heads of 2 or more dimensions (d_model / n_head is 1)"),
     "bad device": ({"device": "tpu"}, "device must be one of"),

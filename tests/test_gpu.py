@@ -104,7 +104,7 @@ def test_adamw_kernel():
 
 @pytest.mark.parametrize("options", [[], ["--positions=learned", "--scale_embedding=false"],
                                      ["--activation=relu2", "--norm=rmsnorm", "--bias=false", "--tie_head=false",
-                                      "--qk_norm=true"]],
+                                      "--qk_norm=true", "--positions=rotary"]],
                          ids=["nano2", "gpt2-input", "modded"])
 @pytest.mark.parametrize("dtype, tol", [("float64", 1e-10), ("float32", 1e-4)])
 def test_whole_model_matches_the_cpu_backend(dtype, tol, options):

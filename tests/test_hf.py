@@ -357,9 +357,9 @@ def test_exported_tiny_checkpoint_loads_in_a_python_without_nano2(stories_dir, t
 def test_every_model_key_has_a_gpt2_counterpart():
     """train/hf.py maps these keys and values; a new one must be exported (or refused) there first."""
     assert [f.name for f in fields(ModelConfig)] == ["vocab_size", "d_model", "n_layer", "n_head", "d_ff", "seq_len",
-                                                     "positions", "scale_embedding", "activation", "norm", "bias",
-                                                     "tie_head", "zero_init_proj", "qk_norm"]
-    assert CHOICES["positions"] == ("sinusoidal", "learned")
+                                                     "positions", "rope_base", "scale_embedding", "activation", "norm",
+                                                     "bias", "tie_head", "zero_init_proj", "qk_norm"]
+    assert CHOICES["positions"] == ("sinusoidal", "learned", "rotary")  # rotary refused by check_exportable
     assert CHOICES["activation"] == ("gelu", "relu2")  # relu2 refused by check_exportable
     assert CHOICES["norm"] == ("layernorm", "rmsnorm")  # rmsnorm refused by check_exportable
     # bias=false is exported with zero biases (export_tensors), which GPT-2 computes exactly; an untied
@@ -371,6 +371,7 @@ def test_every_model_key_has_a_gpt2_counterpart():
                               "(activation_function gelu_new)"),
     ({"norm": "rmsnorm"}, "it normalises with rmsnorm, and GPT-2's format holds LayerNorms alone"),
     ({"qk_norm": True}, "it normalises each head's q and k (qk_norm), which GPT-2's attention does not"),
+    ({"positions": "rotary"}, "its positions are rotary, and GPT-2's format holds an added position table alone"),
 ])
 def test_export_refuses_what_gpt2_cannot_hold(tmp_path, capsys, option, said):
     ckpt = nano2_checkpoint(tmp_path / "modded.safetensors", "float32", option)

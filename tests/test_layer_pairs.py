@@ -15,6 +15,7 @@ from layers.ffn import gelu_backward, gelu_forward, relu2_backward, relu2_forwar
 from layers.layernorm import layernorm_backward, layernorm_forward
 from layers.linear import linear_backward, linear_forward
 from layers.rmsnorm import rmsnorm_backward, rmsnorm_forward
+from layers.rotary import RotaryPositions, rotary_backward, rotary_forward, rotary_table
 from layers.positions import learned_positions_backward, positions_backward, positions_forward, sinusoidal_table
 from layers.xent import cross_entropy_backward, cross_entropy_forward
 
@@ -116,13 +117,14 @@ def test_sinusoidal_table_follows_the_formula():
     assert sinusoidal_table(3, 5).shape == (3, 5)  # odd widths end on a sine column
 
 
-@pytest.mark.parametrize("qk_norm", [False, True])
+@pytest.mark.parametrize("qk_norm, rotary", [(False, False), (True, False), (True, True)])
 @pytest.mark.parametrize("n_head", [1, 2])
-def test_causal_attention(rng, n_head, qk_norm):
+def test_causal_attention(rng, n_head, qk_norm, rotary):
     qkv = rng.normal(size=(2, 5, 3 * 4))
     g = rng.normal(size=(2, 5, 4))
-    dqkv = causal_attention_backward(g, causal_attention_forward(qkv, n_head, qk_norm)[1])
-    loss = lambda: (causal_attention_forward(qkv, n_head, qk_norm)[0] * g).sum()
+    table = RotaryPositions(5, 4 // n_head, 100.0, np.float64, np) if rotary else None
+    dqkv = causal_attention_backward(g, causal_attention_forward(qkv, n_head, qk_norm, table)[1])
+    loss = lambda: (causal_attention_forward(qkv, n_head, qk_norm, table)[0] * g).sum()
     assert_grad_close(dqkv, loss, qkv, "dqkv")
 
 
@@ -161,3 +163,16 @@ def test_rmsnorm(rng):
     np.testing.assert_allclose(y, x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + np.finfo(float).eps),
                                rtol=1e-15)
     assert_grad_close(rmsnorm_backward(g, cache), lambda: (rmsnorm_forward(x)[0] * g).sum(), x, "dx")
+
+
+def test_rotary(rng):
+    cos, sin = rotary_table(10, 6, 10000.0)
+    x, g = rng.normal(size=(2, 3, 4, 6)), rng.normal(size=(2, 3, 4, 6))
+    y = rotary_forward(x, cos, sin, start=3)
+    t, i = 5, 1  # position 5 (start 3 + row 2), pair i = 1: dimensions 1 and 1 + 3
+    angle = t * 10000.0 ** (-2 * i / 6)
+    assert y[0, 0, 2, 1] == pytest.approx(x[0, 0, 2, 1] * math.cos(angle) + x[0, 0, 2, 4] * math.sin(angle))
+    assert y[0, 0, 2, 4] == pytest.approx(x[0, 0, 2, 4] * math.cos(angle) - x[0, 0, 2, 1] * math.sin(angle))
+    np.testing.assert_allclose(np.linalg.norm(y, axis=-1), np.linalg.norm(x, axis=-1), rtol=1e-14)  # a rotation
+    dx = rotary_backward(g, cos[3:], sin[3:])
+    assert_grad_close(dx, lambda: (rotary_forward(x, cos, sin, start=3) * g).sum(), x, "dx")

@@ -25,8 +25,8 @@ def small_model(dtype=np.float64, seed=0, **options):
 
 
 @pytest.mark.parametrize("options", [{}, GPT2_OPTIONS, {"activation": "relu2"}, {"norm": "rmsnorm"}, {"bias": False},
-                                     {"tie_head": False}, {"qk_norm": True}],
-                         ids=["nano2", "gpt2-input", "relu2", "rmsnorm", "no-bias", "untied-head", "qk-norm"])
+                                     {"tie_head": False}, {"qk_norm": True}, {"positions": "rotary", "qk_norm": True}],
+                         ids=["nano2", "gpt2-input", "relu2", "rmsnorm", "no-bias", "untied-head", "qk-norm", "rotary"])
 def test_every_parameter_entry_matches_central_differences(options):
     model = small_model(**options)
     assert ("pos_emb.weight" in model.store.shapes) == (options.get("positions") == "learned")

@@ -38,7 +38,7 @@ def test_two_ranks_train_modded_options_as_one(small_args, tmp_path):
     def two_ranks(command):
         return subprocess.run([MPIEXEC, "-n", "2", *command], capture_output=True, text=True, timeout=300)
     options = ["--norm=rmsnorm", "--activation=relu2", "--bias=false", "--tie_head=false", "--zero_init_proj=true",
-               "--qk_norm=true"]
+               "--qk_norm=true", "--positions=rotary"]
     modded = small_args[:-1] + options + small_args[-1:]  # out_dir stays last
     assert_trains_like_one_process(two_ranks, 2, modded, tmp_path, "float64", 1e-12)
 

@@ -7,7 +7,8 @@ from train import sample
 from train.cli import run_main
 
 
-@pytest.fixture(params=[{}, {"qk_norm": True, "positions": "learned", "tie_head": False}], ids=["nano2", "modded"])
+@pytest.fixture(params=[{}, {"qk_norm": True, "positions": "learned", "tie_head": False},
+                        {"qk_norm": True, "positions": "rotary"}], ids=["nano2", "modded", "rotary"])
 def model(request):
     model = Decoder(ModelConfig(256, 32, 2, 4, 64, 16, **request.param), dtype=np.float64)
     init_parameters(model.store, 2, seed=0)

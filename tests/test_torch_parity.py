@@ -13,8 +13,9 @@ SIZES = dict(vocab_size=256, d_model=64, n_layer=3, n_head=4, d_ff=256, seq_len=
 
 
 @pytest.mark.parametrize("options", [{}, dict(positions="learned", scale_embedding=False), dict(activation="relu2"),
-                                     dict(norm="rmsnorm"), dict(bias=False), dict(tie_head=False), dict(qk_norm=True)],
-                         ids=["nano2", "gpt2-input", "relu2", "rmsnorm", "no-bias", "untied-head", "qk-norm"])
+                                     dict(norm="rmsnorm"), dict(bias=False), dict(tie_head=False), dict(qk_norm=True),
+                                     dict(positions="rotary", qk_norm=True)],
+                         ids=["nano2", "gpt2-input", "relu2", "rmsnorm", "no-bias", "untied-head", "qk-norm", "rotary"])
 @pytest.mark.parametrize("dtype, loss_tol, grad_tol", [
     (np.float64, 1e-10, 1e-8),
     (np.float32, 1e-5, 1e-4),

@@ -8,11 +8,17 @@ F = torch.nn.functional
 
 
 def torch_loss(p, idx, targets, n_layer, n_head, positions="sinusoidal", scale_embedding=True, activation="gelu",
-               norm="layernorm", bias=True, tie_head=True, qk_norm=False):
+               norm="layernorm", bias=True, tie_head=True, qk_norm=False, rope_base=10000.0):
     V, d = p["tok_emb.weight"].shape
     B, T = idx.shape
+    hd = d // n_head
     if positions == "learned":  # GPT-2's wpe
         pe = p["pos_emb.weight"][:T]
+    elif positions == "rotary":  # on q and k alone, below
+        pe = 0.0
+        theta = rope_base ** (-torch.arange(0, hd, 2, dtype=torch.float64) / hd)
+        angle = torch.outer(torch.arange(T, dtype=torch.float64), theta).to(p["tok_emb.weight"].dtype)
+        cos, sin = angle.cos(), angle.sin()
     else:
         position = torch.arange(T, dtype=p["tok_emb.weight"].dtype)[:, None]
         angle = position / 10000 ** (torch.arange(0, d, 2, dtype=position.dtype) / d)
@@ -33,7 +39,10 @@ def torch_loss(p, idx, targets, n_layer, n_head, positions="sinusoidal", scale_e
         q, k, v = linear(h, "attn.qkv", b).split(d, dim=-1)
         q, k, v = (t.reshape(B, T, n_head, d // n_head).transpose(1, 2) for t in (q, k, v))
         if qk_norm:  # modded-nanogpt: q, k = norm(q), norm(k) over each head's dimensions
-            q, k = F.rms_norm(q, (d // n_head,)), F.rms_norm(k, (d // n_head,))
+            q, k = F.rms_norm(q, (hd,)), F.rms_norm(k, (hd,))
+        if positions == "rotary":  # modded-nanogpt's Rotary: the halves of each head paired
+            q, k = (torch.cat([t[..., :hd // 2] * cos + t[..., hd // 2:] * sin,
+                               t[..., hd // 2:] * cos - t[..., :hd // 2] * sin], dim=-1) for t in (q, k))
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         x = x + linear(y.transpose(1, 2).reshape(B, T, d), "attn.proj", b)
         h = normalise(x, "ln2", b)

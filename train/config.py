@@ -65,12 +65,12 @@ class Config(ModelConfig):
 
 
 FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Config)}
-POSITIVE = ("vocab_size", "d_model", "n_layer", "n_head", "d_ff", "seq_len", "batch_size", "num_stories",
+POSITIVE = ("vocab_size", "d_model", "n_layer", "n_head", "d_ff", "seq_len", "rope_base", "batch_size", "num_stories",
             "max_steps", "lr", "comm_timeout", "eval_interval", "eval_iters", "log_interval", "keep_checkpoints")
 NON_NEGATIVE = ("seed", "threads", "min_lr", "warmup_steps", "weight_decay", "adam_eps", "grad_clip", "tokens_per_step")
 CHOICES = {"dtype": tuple(DTYPES), "device": DEVICES, "comm": COMM_KINDS, "cuda_aware_mpi": ("auto", "yes", "no"),
            "tokenizer": tuple(TOKENIZERS), "wandb_mode": ("offline", "online", "disabled"),
-           "positions": ("sinusoidal", "learned"), "activation": ACTIVATIONS,
+           "positions": ("sinusoidal", "learned", "rotary"), "activation": ACTIVATIONS,
            "norm": NORMS}
 
 
@@ -111,6 +111,9 @@ def validate(cfg):
                         f"got {cfg.zero}")
     if cfg.d_model % cfg.n_head != 0:
         raise UserError(f"config: d_model ({cfg.d_model}) must be divisible by n_head ({cfg.n_head})")
+    if cfg.positions == "rotary" and (cfg.d_model // cfg.n_head) % 2:
+        raise UserError(f"config: rotary positions turn pairs of dimensions, so heads need an even size "
+                        f"(d_model / n_head is {cfg.d_model // cfg.n_head})")
     if cfg.qk_norm and cfg.d_model // cfg.n_head < 2:
         raise UserError(f"config: qk_norm needs heads of 2 or more dimensions (d_model / n_head is "
                         f"{cfg.d_model // cfg.n_head}): the RMSNorm of one number is only its sign")

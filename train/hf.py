@@ -209,6 +209,8 @@ def check_exportable(cfg, ckpt):
                         f"alone (activation_function gelu_new)")
     if cfg.norm != "layernorm":
         raise UserError(f"{ckpt}: it normalises with {cfg.norm}, and GPT-2's format holds LayerNorms alone")
+    if cfg.positions == "rotary":
+        raise UserError(f"{ckpt}: its positions are rotary, and GPT-2's format holds an added position table alone")
     if cfg.qk_norm:
         raise UserError(f"{ckpt}: it normalises each head's q and k (qk_norm), which GPT-2's attention does not")
 
