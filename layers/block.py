@@ -20,12 +20,13 @@ def make_norm(store, name, norm):
 
 
 class Block:
-    def __init__(self, store, name, n_head, activation="gelu", norm="layernorm", qk_norm=False, rotary=None):
+    def __init__(self, store, name, config, rotary=None):
+        """A block of the model `config` (a ModelConfig) describes; `rotary`, its RotaryPositions."""
         self.name = name
-        self.ln1 = make_norm(store, f"{name}.ln1", norm)
-        self.attn = CausalSelfAttention(store, f"{name}.attn", n_head, qk_norm, rotary)
-        self.ln2 = make_norm(store, f"{name}.ln2", norm)
-        self.ffn = FFN(store, f"{name}.ffn", activation)
+        self.ln1 = make_norm(store, f"{name}.ln1", config.norm)
+        self.attn = CausalSelfAttention(store, f"{name}.attn", config.n_head, config.qk_norm, rotary)
+        self.ln2 = make_norm(store, f"{name}.ln2", config.norm)
+        self.ffn = FFN(store, f"{name}.ffn", config.activation)
         self.children = (self.ln1, self.attn, self.ln2, self.ffn)
 
     def forward(self, x):

@@ -121,8 +121,7 @@ class Decoder:
         else:
             self.positions = SinusoidalPositions(config.seq_len, config.d_model, self.store.dtype, xp)
         rotary = self.positions if config.positions == "rotary" else None
-        self.blocks = [Block(self.store, f"blocks.{i}", config.n_head, config.activation, config.norm, config.qk_norm,
-                             rotary) for i in range(config.n_layer)]
+        self.blocks = [Block(self.store, f"blocks.{i}", config, rotary) for i in range(config.n_layer)]
         self.ln_f = make_norm(self.store, "ln_f", config.norm)
         self.head = TiedHead(self.embedding) if config.tie_head else UntiedHead(self.store)
         self.xent = CrossEntropy()

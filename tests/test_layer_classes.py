@@ -10,6 +10,7 @@ from layers.block import Block
 from layers.ffn import FFN
 from layers.layernorm import LayerNorm
 from layers.linear import Linear
+from layers.model import ModelConfig
 
 D, D_FF, N_HEAD = 8, 12, 2
 
@@ -32,7 +33,7 @@ def make(kind):
         "layernorm": lambda: LayerNorm(store, "b.ln1"),
         "attention": lambda: CausalSelfAttention(store, "b.attn", N_HEAD),
         "ffn": lambda: FFN(store, "b.ffn"),
-        "block": lambda: Block(store, "b", N_HEAD),
+        "block": lambda: Block(store, "b", ModelConfig(d_model=D, n_head=N_HEAD, d_ff=D_FF)),
     }[kind]()
     return store, layer
 
