@@ -8,7 +8,7 @@ biases, as in nanoGPT and GPT-2.
 import numpy as np
 
 from engine import kernels
-from engine.backend import to_numpy
+from engine.backend import array_module, to_numpy
 from engine.errors import UserError
 
 
@@ -22,7 +22,8 @@ class AdamW:
     updates: it then holds the moments of that slice alone, and the other ranks' shards reach
     it by the all-gather after the step (engine/comm.py)."""
 
-    def __init__(self, store, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1, shard=None):
+    def __init__(self, store, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1, shard=None, exclude=()):
+        """`exclude`: parameters another optimizer (Muon) updates; AdamW leaves them as they are."""
         self.store = store
         self.beta1, self.beta2, self.eps, self.weight_decay = beta1, beta2, eps, weight_decay
         self.sharded = shard is not None  # the same on every rank, whatever its shard holds
@@ -36,6 +37,7 @@ class AdamW:
             if len(shape) >= 2:
                 decay[store.span(name)] = 1
         self.decay = xp.asarray(decay[self.shard])
+        self.runs = updated_runs(store, self.shard, exclude)
         self.step_count = 0
 
     @property
@@ -44,9 +46,10 @@ class AdamW:
 
     def step(self, lr):
         self.step_count += 1
-        kernels.of(self.m).adamw_step(self.store.data[self.shard], self.store.grad[self.shard], self.m, self.v,
-                                      self.decay, lr, self.beta1, self.beta2, self.eps, self.weight_decay,
-                                      self.step_count)
+        data, grad = self.store.data[self.shard], self.store.grad[self.shard]
+        for run in self.runs:  # one pass over the buffers, or one per run between excluded parameters
+            kernels.of(self.m).adamw_step(data[run], grad[run], self.m[run], self.v[run], self.decay[run], lr,
+                                          self.beta1, self.beta2, self.eps, self.weight_decay, self.step_count)
 
     def whole_moments(self, comm):
         """(m, v) over every parameter, on rank 0 (None elsewhere under ZeRO-1, where they are
@@ -89,6 +92,73 @@ class AdamW:
                     mine[...] = self.store.xp.asarray(whole)
                 comm.broadcast_array(mine, what="the checkpoint's broadcast")
         self.step_count = step_count
+
+
+def updated_runs(store, shard, exclude):
+    """The slices of `shard` (relative to its start) that hold no parameter named in `exclude`."""
+    runs, start = [], shard.start
+    for span in sorted(store.span(name) for name in exclude):
+        if span.start > start:
+            runs.append(slice(start - shard.start, span.start - shard.start))
+        start = max(start, span.stop)
+    if start < shard.stop:
+        runs.append(slice(start - shard.start, shard.stop - shard.start))
+    return runs
+
+
+NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)  # modded-nanogpt's quintic coefficients
+
+
+def newton_schulz(g, steps=5):
+    """An approximately orthogonal matrix of g's shape (its U Vᵀ, singular values pushed near 1):
+    g normalised, then `steps` quintic iterations X ← aX + (bA + cA²)X with A = X Xᵀ, worked on
+    the wide orientation so that A is the smaller square."""
+    a, b, c = NEWTON_SCHULZ
+    x = g / (array_module(g).linalg.norm(g) + 1e-7)
+    tall = x.shape[0] > x.shape[1]
+    if tall:
+        x = x.T
+    for _ in range(steps):
+        A = x @ x.T
+        x = a * x + (b * A + c * (A @ A)) @ x
+    return x.T if tall else x
+
+
+class Muon:
+    """Muon (Keller Jordan, 2024; modded-nanogpt's record 3) for the 2-D hidden matrices `names`:
+    momentum buf ← μ buf + g with Nesterov's look-ahead u = g + μ buf, then p ← p - lr · s ·
+    newton_schulz(u), s = √max(1, out/in) (modded's √max(1, rows/cols) of a PyTorch (out, in)
+    weight; nano2 stores (in, out)). No weight decay. Every rank updates every matrix from the
+    same averaged gradients, so every rank's parameters stay the same."""
+
+    def __init__(self, store, names, momentum=0.95):
+        self.store, self.names, self.momentum = store, tuple(names), momentum
+        self.buffers = {name: store.xp.zeros(store.shapes[name], store.dtype) for name in self.names}
+
+    def step(self, lr):
+        for name in self.names:
+            g, buf, p = self.store.grads[name], self.buffers[name], self.store.params[name]
+            buf *= self.momentum
+            buf += g
+            n_in, n_out = p.shape
+            p -= (lr * max(1.0, n_out / n_in) ** 0.5) * newton_schulz(g + self.momentum * buf)
+
+    def state_tensors(self):
+        return {f"muon_momentum.{name}": buf for name, buf in self.buffers.items()}
+
+    def load_state(self, tensors, source):
+        """Momentum from state_tensors()'s entries (host arrays), or a UserError naming what lacks."""
+        for name, buf in self.buffers.items():
+            saved = tensors.get(f"muon_momentum.{name}")
+            if saved is None or tuple(saved.shape) != tuple(buf.shape):
+                raise UserError(f"{source} has no usable Muon momentum for {name}; it cannot resume training")
+            buf[...] = self.store.xp.asarray(saved)
+
+
+def muon_parameters(store):
+    """The 2-D hidden matrices Muon takes: the attention's and the MLP's linear weights (not the
+    embedding, the positions or the head, which stay with AdamW, as every vector does)."""
+    return [name for name, shape in store.shapes.items() if len(shape) == 2 and name.startswith("blocks.")]
 
 
 def clip_grad_norm(grad, max_norm, norm):

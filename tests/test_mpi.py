@@ -34,11 +34,11 @@ def test_two_ranks_equal_one_rank_with_the_same_global_batch(small_args, tmp_pat
 
 def test_two_ranks_train_modded_options_as_one(small_args, tmp_path):
     """RMSNorm leaves ln_f without parameters, so without a gradient bucket of its own; an untied
-    head's is the first bucket backward finishes."""
+    head's is the first bucket backward finishes; every rank takes every Muon step."""
     def two_ranks(command):
         return subprocess.run([MPIEXEC, "-n", "2", *command], capture_output=True, text=True, timeout=300)
     options = ["--norm=rmsnorm", "--activation=relu2", "--bias=false", "--tie_head=false", "--zero_init_proj=true",
-               "--qk_norm=true", "--positions=rotary"]
+               "--qk_norm=true", "--positions=rotary", "--optimizer=muon"]
     modded = small_args[:-1] + options + small_args[-1:]  # out_dir stays last
     assert_trains_like_one_process(two_ranks, 2, modded, tmp_path, "float64", 1e-12)
 

@@ -4,7 +4,7 @@ import pytest
 
 from engine.errors import UserError
 from engine.kernels import cpu, reference
-from engine.optim import AdamW, clip_grad_norm
+from engine.optim import AdamW, Muon, clip_grad_norm, muon_parameters
 from engine.params import ParameterStore
 from train.config import load_config
 from train.trainer import learning_rate, micro_steps_per_step
@@ -82,3 +82,36 @@ def test_gradient_accumulation_steps():
         micro_steps_per_step(cfg)
     cfg.tokens_per_step = 0
     assert micro_steps_per_step(cfg) == 1
+
+
+@pytest.mark.parametrize("shape", [(6, 10), (10, 6)])  # (in, out) both ways: wide and tall
+def test_muon_matches_modded_nanogpts_step(shape):
+    """Two steps of Muon on a stored (in, out) matrix against modded-nanogpt's on its (out, in)
+    transpose, written from the record's code (tests/torch_reference.py)."""
+    torch = pytest.importorskip("torch")
+    from torch_reference import torch_muon_step
+    store = ParameterStore([("blocks.0.attn.proj.weight", shape), ("blocks.0.attn.proj.bias", (shape[1],))],
+                           dtype=np.float64)
+    rng = np.random.default_rng(3)
+    store.data[...] = rng.normal(size=store.numel)
+    muon = Muon(store, muon_parameters(store), momentum=0.95)
+    p = torch.tensor(store.params["blocks.0.attn.proj.weight"].T.copy())
+    buf = torch.zeros_like(p)
+    for lr in (0.02, 0.01):
+        store.grad[...] = rng.normal(size=store.numel)
+        g = torch.tensor(store.grads["blocks.0.attn.proj.weight"].T.copy())
+        muon.step(lr)
+        torch_muon_step(p, g, buf, lr)
+    np.testing.assert_allclose(store.params["blocks.0.attn.proj.weight"], p.numpy().T, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(muon.buffers["blocks.0.attn.proj.weight"], buf.numpy().T, rtol=1e-12)
+
+
+def test_adamw_leaves_what_muon_holds():
+    store = ParameterStore([("tok_emb.weight", (5, 2)), ("blocks.0.ffn.fc.weight", (2, 3)), ("ln_f.bias", (2,))],
+                           dtype=np.float64)
+    store.data[...] = 1.0
+    store.grad[...] = 0.5
+    assert muon_parameters(store) == ["blocks.0.ffn.fc.weight"]
+    AdamW(store, exclude=muon_parameters(store)).step(0.1)
+    np.testing.assert_array_equal(store.params["blocks.0.ffn.fc.weight"], 1.0)
+    assert (store.params["tok_emb.weight"] < 1.0).all() and (store.params["ln_f.bias"] < 1.0).all()

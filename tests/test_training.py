@@ -114,9 +114,12 @@ def stop_after(monkeypatch, stop_step):
     monkeypatch.setattr(trainer, "learning_rate", learning_rate_then_interrupt)
 
 
-def test_interrupt_then_resume_is_bit_exact(small_args, tmp_path, monkeypatch, capsys):
-    straight = small_args[:-1] + [f"--out_dir={tmp_path / 'straight'}", "--max_steps=10", "--eval_interval=5"]
-    halves = small_args[:-1] + [f"--out_dir={tmp_path / 'halves'}", "--max_steps=10", "--eval_interval=5"]
+@pytest.mark.parametrize("optimizer", [[], ["--optimizer=muon", "--muon_lr=0.02"]], ids=["adamw", "muon"])
+def test_interrupt_then_resume_is_bit_exact(small_args, tmp_path, monkeypatch, capsys, optimizer):
+    """With Muon the checkpoint holds its momentum (muon_momentum.*) too."""
+    straight = small_args[:-1] + optimizer + [f"--out_dir={tmp_path / 'straight'}", "--max_steps=10",
+                                              "--eval_interval=5"]
+    halves = small_args[:-1] + optimizer + [f"--out_dir={tmp_path / 'halves'}", "--max_steps=10", "--eval_interval=5"]
     assert run_train(straight) == 0
 
     with monkeypatch.context() as patch:
@@ -127,7 +130,7 @@ def test_interrupt_then_resume_is_bit_exact(small_args, tmp_path, monkeypatch, c
 
     a, _ = read_safetensors(tmp_path / "straight" / "ckpt-0000010.safetensors")
     b, _ = read_safetensors(tmp_path / "halves" / "ckpt-0000010.safetensors")
-    assert set(a) == set(b)
+    assert set(a) == set(b) and any(name.startswith("muon_momentum.") for name in a) == bool(optimizer)
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
     losses = lambda d: [(r["step"], r["loss"]) for r in metrics(tmp_path / d) if "loss" in r]  # noqa: E731
@@ -165,6 +168,14 @@ def test_learned_positions_train_resume_and_hold_their_seq_len(small_args, capsy
     status, err = run_train(small_args + ["--max_steps=6", "--resume"], capsys)
     assert status == 2
     assert err.strip().endswith("is from a different config: positions is learned there and sinusoidal here")
+
+
+def test_muon_trains(small_args, tmp_path):
+    argv = small_args[:-1] + ["--optimizer=muon", f"--out_dir={tmp_path / 'muon'}", "--max_steps=20",
+                              "--eval_interval=20"]
+    assert run_train(argv) == 0
+    losses = [row["val_loss"] for row in metrics(tmp_path / "muon") if "val_loss" in row]
+    assert losses[-1] < losses[0] - 0.3, losses
 
 
 def test_a_new_run_will_not_overwrite_an_old_one(small_args, capsys):

@@ -52,3 +52,21 @@ def torch_loss(p, idx, targets, n_layer, n_head, positions="sinusoidal", scale_e
     x = normalise(x, "ln_f", lambda name: p[name])
     logits = x @ (p["tok_emb.weight"] if tie_head else p["head.weight"]).T
     return F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1))
+
+
+def torch_muon_step(p, g, buf, lr, momentum=0.95, steps=5):
+    """modded-nanogpt's Muon step on a PyTorch (out, in) weight p, in place: momentum with
+    Nesterov, five quintic Newton–Schulz steps on the normalised matrix (transposed when taller
+    than wide), the update scaled by √max(1, rows/cols)."""
+    buf.mul_(momentum).add_(g)
+    x = g.add(buf, alpha=momentum)
+    x = x / (x.norm() + 1e-7)
+    if x.size(0) > x.size(1):
+        x = x.T
+    for _ in range(steps):
+        A = x @ x.T
+        B = -4.7750 * A + 2.0315 * A @ A
+        x = 3.4445 * x + B @ x
+    if g.size(0) > g.size(1):
+        x = x.T
+    p.add_(x, alpha=-lr * max(1, p.size(0) / p.size(1)) ** 0.5)

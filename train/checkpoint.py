@@ -104,10 +104,12 @@ def read_checkpoint(path, cfg):
     return tensors, metadata
 
 
-def load_checkpoint(path, model, optimizer, cfg):
-    """Load the parameters; returns (metadata, the whole AdamW moments (m, v))."""
+def load_checkpoint(path, model, optimizer, cfg, muon=None):
+    """Load the parameters (and Muon's momentum); returns (metadata, the whole AdamW moments (m, v))."""
     tensors, metadata = read_checkpoint(path, cfg)
     model.store.load_tensors(tensors, path)
+    if muon is not None:
+        muon.load_state(tensors, path)
     return metadata, optimizer.moments_from_tensors(tensors, path)
 
 

@@ -49,6 +49,9 @@ class Config(ModelConfig):
     beta2: float = 0.95
     adam_eps: float = 1e-8
     grad_clip: float = 1.0        # largest global gradient norm; 0 turns clipping off
+    optimizer: str = "adamw"      # "adamw", or "muon": Muon for the blocks' matrices, AdamW (lr) for the rest
+    muon_lr: float = 0.02         # Muon's peak learning rate, on lr's warm-up and decay schedule
+    muon_momentum: float = 0.95
     tokens_per_step: int = 0      # 0 means batch_size * seq_len * ranks (no accumulation)
     # bookkeeping
     out_dir: str = "runs/nano2"
@@ -66,11 +69,13 @@ class Config(ModelConfig):
 
 FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Config)}
 POSITIVE = ("vocab_size", "d_model", "n_layer", "n_head", "d_ff", "seq_len", "rope_base", "batch_size", "num_stories",
-            "max_steps", "lr", "comm_timeout", "eval_interval", "eval_iters", "log_interval", "keep_checkpoints")
+            "max_steps", "lr", "muon_lr", "comm_timeout", "eval_interval", "eval_iters", "log_interval",
+            "keep_checkpoints")
 NON_NEGATIVE = ("seed", "threads", "min_lr", "warmup_steps", "weight_decay", "adam_eps", "grad_clip", "tokens_per_step")
 CHOICES = {"dtype": tuple(DTYPES), "device": DEVICES, "comm": COMM_KINDS, "cuda_aware_mpi": ("auto", "yes", "no"),
            "tokenizer": tuple(TOKENIZERS), "wandb_mode": ("offline", "online", "disabled"),
            "positions": ("sinusoidal", "learned", "rotary"), "activation": ACTIVATIONS,
+           "optimizer": ("adamw", "muon"),
            "norm": NORMS}
 
 
@@ -119,7 +124,10 @@ def validate(cfg):
                         f"{cfg.d_model // cfg.n_head}): the RMSNorm of one number is only its sign")
     if not 0 < cfg.val_fraction < 1:
         raise UserError(f"config: val_fraction must be between 0 and 1, got {cfg.val_fraction}")
-    for key in ("beta1", "beta2"):
+    if cfg.optimizer == "muon" and cfg.zero:
+        raise UserError("config: optimizer muon needs each matrix's whole gradient on every rank, which zero=1 "
+                        "shards; use zero=0")
+    for key in ("beta1", "beta2", "muon_momentum"):
         if not 0 <= getattr(cfg, key) < 1:
             raise UserError(f"config: {key} must be in [0, 1), got {getattr(cfg, key)}")
     if cfg.min_lr > cfg.lr:

@@ -21,7 +21,7 @@ from engine.backend import host_floats
 from engine.comm import GradientAllreduce
 from engine.errors import CommTimeout, UserError
 from engine.flops import measure_matmul_flops, training_flops_per_token
-from engine.optim import AdamW, clip_grad_norm
+from engine.optim import AdamW, Muon, clip_grad_norm, muon_parameters
 from train.checkpoint import (checkpoint_path, keep_last, latest_checkpoint, load_checkpoint, load_parameters,
                               mark_best, save_checkpoint, step_checkpoints)
 from train.cli import ArgumentParser, make_folder, parse_with_config, run_main
@@ -66,8 +66,9 @@ def first_nonfinite(store, shard):
     return None
 
 
-def train_step(model, optimizer, batches, lr, grad_clip, sync=None):
-    """One optimizer step over a list of (inputs, targets) micro-batches.
+def train_step(model, optimizer, batches, lr, grad_clip, sync=None, muon=None, muon_lr=0.0):
+    """One optimizer step over a list of (inputs, targets) micro-batches: AdamW at lr, and Muon
+    at muon_lr for the matrices it holds, where given.
 
     With `sync` (a GradientAllreduce) the last micro-batch's backward starts each layer's
     allreduce as soon as its gradients are final; earlier micro-batches only accumulate.
@@ -94,6 +95,8 @@ def train_step(model, optimizer, batches, lr, grad_clip, sync=None):
         # under ZeRO-1, a gradient outside this rank's shard: the norm says so on every rank
         raise NonFiniteError(f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {norm} (loss {loss})")
     optimizer.step(lr)
+    if muon is not None:
+        muon.step(muon_lr)
     if sync is not None:
         sync.gather_parameters()
     return loss, norm
@@ -142,17 +145,19 @@ class StopRequest:
         signal.signal(signal.SIGINT, self.previous)
 
 
-def load_for_resume(resume, model, optimizer, cfg, world):
-    """Rank 0 reads the checkpoint and every rank receives its parameters, AdamW state and
-    metadata, so a run resumes on any number of ranks, with or without a shared disk."""
+def load_for_resume(resume, model, optimizer, cfg, world, muon=None):
+    """Rank 0 reads the checkpoint and every rank receives its parameters, AdamW (and Muon) state
+    and metadata, so a run resumes on any number of ranks, with or without a shared disk."""
     metadata = m = v = None
     if world.is_root:
         path = latest_checkpoint(cfg.out_dir) if resume == "latest" else resume
-        metadata, (m, v) = load_checkpoint(path, model, optimizer, cfg)
+        metadata, (m, v) = load_checkpoint(path, model, optimizer, cfg, muon)
         metadata["path"] = path
     metadata = world.broadcast_object(metadata, what="the checkpoint's broadcast")
     world.broadcast_array(model.store.data, what="the checkpoint's broadcast")
     optimizer.load_whole_moments(m, v, metadata["step"], world)
+    for buffer in (muon.buffers.values() if muon is not None else ()):
+        world.broadcast_array(buffer, what="the checkpoint's broadcast")
     return metadata
 
 
@@ -172,6 +177,7 @@ class Run:
     best_val_loss: float = math.inf
     last_good: str = None
     wandb_run: object = None
+    muon: Muon = None             # with optimizer=muon, for the blocks' matrices
 
     @property
     def tokens_per_step(self):
@@ -200,10 +206,12 @@ def start_or_resume(cfg, resume, init_from=None):
     micro_steps = micro_steps_per_step(cfg, world.world_size)
     world.broadcast_array(model.store.data, what="the parameter broadcast")
     sync = GradientAllreduce(world, model.store, model.gradient_buckets(), cfg.comm, cfg.zero)
-    optimizer = AdamW(model.store, cfg.beta1, cfg.beta2, cfg.adam_eps, cfg.weight_decay, sync.shard)
-    run = Run(cfg, world, data, model, optimizer, sync, micro_steps)
+    matrices = muon_parameters(model.store) if cfg.optimizer == "muon" else ()
+    optimizer = AdamW(model.store, cfg.beta1, cfg.beta2, cfg.adam_eps, cfg.weight_decay, sync.shard, matrices)
+    muon = Muon(model.store, matrices, cfg.muon_momentum) if matrices else None
+    run = Run(cfg, world, data, model, optimizer, sync, micro_steps, muon=muon)
     if resume:
-        metadata = load_for_resume(resume, model, optimizer, cfg, world)
+        metadata = load_for_resume(resume, model, optimizer, cfg, world, muon)
         run.start, run.best_val_loss, run.last_good = metadata["step"], metadata["best_val_loss"], metadata["path"]
         if world.is_root:
             forget_metrics_after(run.metrics_path, run.start)
@@ -244,7 +252,10 @@ def evaluate_and_save(run, step):
                     f"nano2 {cfg.n_layer}x{cfg.d_model} on {cfg.data}")
         if step > 0:
             state = {"step": step, "val_loss": val_loss, "best_val_loss": run.best_val_loss}
-            save_checkpoint(run.last_good, run.model, run.optimizer.state_tensors(m, v), cfg, state)
+            tensors = run.optimizer.state_tensors(m, v)
+            if run.muon is not None:
+                tensors.update(run.muon.state_tensors())
+            save_checkpoint(run.last_good, run.model, tensors, cfg, state)
             keep_last(cfg.out_dir, cfg.keep_checkpoints)
             if val_loss == run.best_val_loss:
                 mark_best(run.last_good, cfg.out_dir)
@@ -267,7 +278,8 @@ def run_steps(run, stop, bar, log_lines):
                    for m in range(run.micro_steps)]
         lr = learning_rate(step, cfg)
         try:
-            loss, norm = train_step(model, run.optimizer, batches, lr, cfg.grad_clip, sync)
+            loss, norm = train_step(model, run.optimizer, batches, lr, cfg.grad_clip, sync, run.muon,
+                                    cfg.muon_lr * lr / cfg.lr)  # Muon's rate on lr's schedule
         except NonFiniteError as e:
             return 1, (f"nano2_train: step {step + 1}: non-finite {e}; stopped, the last good checkpoint is "
                        f"{run.last_good or '(none yet)'}")
