@@ -155,12 +155,6 @@ class Muon:
             buf[...] = self.store.xp.asarray(saved)
 
 
-def muon_parameters(store):
-    """The 2-D hidden matrices Muon takes: the attention's and the MLP's linear weights (not the
-    embedding, the positions or the head, which stay with AdamW, as every vector does)."""
-    return [name for name, shape in store.shapes.items() if len(shape) == 2 and name.startswith("blocks.")]
-
-
 def clip_grad_norm(grad, max_norm, norm):
     """Scale the gradients `grad` (a flat buffer, or this rank's shard of it under ZeRO-1) down
     so that their global norm, `norm` (from kernels' sum_of_squares, over every shard), is at

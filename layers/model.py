@@ -87,6 +87,12 @@ def parameter_names(layer):
     return names
 
 
+def hidden_matrices(model):
+    """The blocks' 2-D weights, which Muon updates: the attention's and the MLP's linears (not the
+    embedding, the positions or the head, which stay with AdamW, as every vector does)."""
+    return [name for block in model.blocks for name in parameter_names(block) if len(model.store.shapes[name]) == 2]
+
+
 def init_parameters(store, n_layer, seed, zero_init_proj=False):
     """GPT-2's init: weights N(0, 0.02), the residual output projections N(0, 0.02/√(2L)) so the
     residual stream's variance does not grow with depth, biases 0, LayerNorm weights 1; with

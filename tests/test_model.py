@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from helpers import assert_grad_close, relative_error
 
-from layers.model import Decoder, ModelConfig, init_parameters
+from layers.model import Decoder, ModelConfig, hidden_matrices, init_parameters
 from train import gradcheck
 from train.data import random_batch
 
@@ -148,3 +148,10 @@ def test_zero_init_proj_starts_the_projections_and_an_untied_head_at_zero():
     idx, targets = random_batch(np.random.default_rng(1), 2, 6, SMALL["vocab_size"])
     _, loss = model.forward(idx, targets)
     assert float(loss) == pytest.approx(math.log(SMALL["vocab_size"]), rel=1e-12), "a zero head: uniform logits"
+
+
+def test_muon_takes_the_blocks_matrices_alone():
+    model = Decoder(ModelConfig(**SMALL, tie_head=False, positions="learned"))
+    expected = [f"blocks.{i}.{p}.weight" for i in range(SMALL["n_layer"])
+                for p in ("attn.qkv", "attn.proj", "ffn.fc", "ffn.proj")]
+    assert hidden_matrices(model) == expected

@@ -21,7 +21,8 @@ from engine.backend import host_floats
 from engine.comm import GradientAllreduce
 from engine.errors import CommTimeout, UserError
 from engine.flops import measure_matmul_flops, training_flops_per_token
-from engine.optim import AdamW, Muon, clip_grad_norm, muon_parameters
+from engine.optim import AdamW, Muon, clip_grad_norm
+from layers.model import hidden_matrices
 from train.checkpoint import (checkpoint_path, keep_last, latest_checkpoint, load_checkpoint, load_parameters,
                               mark_best, save_checkpoint, step_checkpoints)
 from train.cli import ArgumentParser, make_folder, parse_with_config, run_main
@@ -206,7 +207,7 @@ def start_or_resume(cfg, resume, init_from=None):
     micro_steps = micro_steps_per_step(cfg, world.world_size)
     world.broadcast_array(model.store.data, what="the parameter broadcast")
     sync = GradientAllreduce(world, model.store, model.gradient_buckets(), cfg.comm, cfg.zero)
-    matrices = muon_parameters(model.store) if cfg.optimizer == "muon" else ()
+    matrices = hidden_matrices(model) if cfg.optimizer == "muon" else ()
     optimizer = AdamW(model.store, cfg.beta1, cfg.beta2, cfg.adam_eps, cfg.weight_decay, sync.shard, matrices)
     muon = Muon(model.store, matrices, cfg.muon_momentum) if matrices else None
     run = Run(cfg, world, data, model, optimizer, sync, micro_steps, muon=muon)
