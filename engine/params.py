@@ -93,16 +93,24 @@ def write_safetensors(path, tensors, metadata):
         os.close(dir_fd)
 
 
+# The safetensors dtypes NumPy holds (bfloat16 and the float8s it has no type for).
+NUMPY_DTYPES = ("BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64", "F16", "F32", "F64")
+
+
 def read_safetensors(path, tensors=True):
     """(tensors, metadata) from a safetensors file ({} for tensors when not asked for: the header
-    alone is read); a missing, truncated or corrupt file is a UserError. Metadata values that hold
-    JSON come back decoded."""
+    alone is read); a missing, truncated or corrupt file, or a tensor of a dtype NumPy has not,
+    is a UserError. Metadata values that hold JSON come back decoded."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise UserError(f"no such file: {path}")
     try:
         with safe_open(path, framework="numpy") as f:
             raw_metadata = f.metadata() or {}
+            for name in f.keys() if tensors else ():
+                dtype = f.get_slice(name).get_dtype()
+                if dtype not in NUMPY_DTYPES:
+                    raise UserError(f"{path}: tensor {name} is {dtype}, which NumPy cannot hold; save it as float32")
             tensors = {name: f.get_tensor(name) for name in f.keys()} if tensors else {}
     except (SafetensorError, OSError, ValueError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__

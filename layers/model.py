@@ -19,6 +19,9 @@ from layers.rotary import RotaryPositions
 from layers.xent import CrossEntropy
 
 
+POSITIONS = ("sinusoidal", "learned", "rotary")
+
+
 @dataclass
 class ModelConfig:
     """The model's shape, nanoGPT's GPTConfig: the one value the Decoder, its parameter table,

@@ -247,7 +247,9 @@ REFUSED_FOLDERS = {
     "extra": (replace_tensor("transformer.h.0.attn.q_attn.weight", lambda t: t[LN_BIAS].clone()),
               "tensor transformer.h.0.attn.q_attn.weight is not part of a GPT-2 that nano2 can represent"),
     "bfloat16": (replace_tensor(LN_BIAS, lambda t: t[LN_BIAS].bfloat16()),
-                 f"tensor {LN_BIAS} is BF16; nano2_import reads float32, float64 and float16"),
+                 f"tensor {LN_BIAS} is BF16, which NumPy cannot hold; save it as float32"),
+    "integer weights": (replace_tensor(LN_BIAS, lambda t: t[LN_BIAS].to(torch.int32)),
+                        f"tensor {LN_BIAS} is int32; nano2_import reads float32, float64 and float16"),
     "pytorch_model.bin": (only_pytorch_bin, ("holds pytorch_model.bin but no model.safetensors, and nano2_import "
                                              "reads safetensors only; convert it once with transformers: "
                                              "GPT2LMHeadModel.from_pretrained(DIR).save_pretrained(NEW_DIR)")),

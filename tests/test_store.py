@@ -90,3 +90,15 @@ def test_a_path_that_cannot_be_written_is_one_user_error(tmp_path):
         with pytest.raises(UserError, match="cannot write"):
             write_safetensors(path, {"a": np.zeros(2, np.float32)}, {})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # no temporary file left behind
+
+
+def test_a_tensor_numpy_cannot_hold_is_refused_not_a_traceback(tmp_path):
+    """A bfloat16 tensor (what torch often saves): safetensors' NumPy reader would raise a TypeError."""
+    import json
+    import struct
+    header = json.dumps({"w": {"dtype": "BF16", "shape": [2], "data_offsets": [0, 4]}}).encode()
+    path = tmp_path / "bf16.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\x80\x3f\x00\x40")
+    with pytest.raises(UserError, match="tensor w is BF16, which NumPy cannot hold; save it as float32"):
+        read_safetensors(path)
+    assert read_safetensors(path, tensors=False) == ({}, {})  # the header alone reads

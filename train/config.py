@@ -14,7 +14,7 @@ from engine.comm import COMM_KINDS, DEFAULT_TIMEOUT
 from engine.errors import UserError
 from layers.block import NORMS
 from layers.ffn import ACTIVATIONS
-from layers.model import ModelConfig
+from layers.model import POSITIONS, ModelConfig
 from train.checkpoint import MODEL_KEYS, checkpoint_model
 from train.tokenizer import TOKENIZERS
 
@@ -74,9 +74,7 @@ POSITIVE = ("vocab_size", "d_model", "n_layer", "n_head", "d_ff", "seq_len", "ro
 NON_NEGATIVE = ("seed", "threads", "min_lr", "warmup_steps", "weight_decay", "adam_eps", "grad_clip", "tokens_per_step")
 CHOICES = {"dtype": tuple(DTYPES), "device": DEVICES, "comm": COMM_KINDS, "cuda_aware_mpi": ("auto", "yes", "no"),
            "tokenizer": tuple(TOKENIZERS), "wandb_mode": ("offline", "online", "disabled"),
-           "positions": ("sinusoidal", "learned", "rotary"), "activation": ACTIVATIONS,
-           "optimizer": ("adamw", "muon"),
-           "norm": NORMS}
+           "positions": POSITIONS, "activation": ACTIVATIONS, "norm": NORMS, "optimizer": ("adamw", "muon")}
 
 
 def typed_value(key, value, source):

@@ -20,11 +20,10 @@ import sys
 import tempfile
 
 import numpy as np
-from safetensors import SafetensorError, safe_open
 
 from engine import comm
 from engine.errors import UserError
-from engine.params import write_safetensors
+from engine.params import read_safetensors, write_safetensors
 from layers.model import parameter_shapes
 from layers.positions import sinusoidal_table
 from train.checkpoint import FORMAT, read_any_checkpoint
@@ -61,7 +60,7 @@ PROMPT_TOKENS = {
 }
 # config.json keys transformers' GPT2Config fills in when a file leaves them out.
 GPT2_DEFAULTS = {"vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer": 12, "n_head": 12}
-WEIGHT_DTYPES = ("F16", "F32", "F64")  # what NumPy reads; float16 widens to float32 exactly
+WEIGHT_DTYPES = (np.float16, np.float32, np.float64)  # float16 widens to float32 exactly
 
 
 def gpt2_name(name):
@@ -234,20 +233,12 @@ def export_checkpoint(ckpt, out):
 # ---------------------------------------------------------------- import
 
 def read_weights(path):
-    """{name: array} of one safetensors file, refusing a dtype NumPy cannot read (bfloat16)."""
-    if not os.path.isfile(path):
-        raise UserError(f"no such file: {path}")
-    try:
-        with safe_open(path, framework="numpy") as f:
-            for name in f.keys():
-                dtype = f.get_slice(name).get_dtype()
-                if dtype not in WEIGHT_DTYPES:
-                    raise UserError(f"{path}: tensor {name} is {dtype}; nano2_import reads float32, float64 and "
-                                    f"float16 (with transformers: model.float().save_pretrained(NEW_DIR))")
-            return {name: f.get_tensor(name) for name in f.keys()}
-    except (SafetensorError, OSError, ValueError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"{path} is not a readable safetensors file ({reason})") from None
+    """{name: array} of one safetensors file of float weights (read_safetensors refuses bfloat16)."""
+    weights = read_safetensors(path)[0]
+    for name, weight in weights.items():
+        if weight.dtype not in WEIGHT_DTYPES:
+            raise UserError(f"{path}: tensor {name} is {weight.dtype}; nano2_import reads float32, float64 and float16")
+    return weights
 
 
 def read_json(path):
