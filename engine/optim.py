@@ -22,8 +22,11 @@ class AdamW:
     updates: it then holds the moments of that slice alone, and the other ranks' shards reach
     it by the all-gather after the step (engine/comm.py)."""
 
-    def __init__(self, store, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1, shard=None, exclude=()):
-        """`exclude`: parameters another optimizer (Muon) updates; AdamW leaves them as they are."""
+    def __init__(self, store, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1, shard=None, exclude=(),
+                 lr_scales=None):
+        """`exclude`: parameters another optimizer (Muon) updates; AdamW leaves them as they are.
+        `lr_scales`: {name: factor} for parameters whose rate is not lr but factor · lr (modded-
+        nanogpt's embedding and head); the step's lr, warm-up and decay included, is scaled."""
         self.store = store
         self.beta1, self.beta2, self.eps, self.weight_decay = beta1, beta2, eps, weight_decay
         self.sharded = shard is not None  # the same on every rank, whatever its shard holds
@@ -37,7 +40,7 @@ class AdamW:
             if len(shape) >= 2:
                 decay[store.span(name)] = 1
         self.decay = xp.asarray(decay[self.shard])
-        self.runs = updated_runs(store, self.shard, exclude)
+        self.runs = updated_runs(store, self.shard, exclude, lr_scales or {})
         self.step_count = 0
 
     @property
@@ -47,9 +50,10 @@ class AdamW:
     def step(self, lr):
         self.step_count += 1
         data, grad = self.store.data[self.shard], self.store.grad[self.shard]
-        for run in self.runs:  # one pass over the buffers, or one per run between excluded parameters
-            kernels.of(self.m).adamw_step(data[run], grad[run], self.m[run], self.v[run], self.decay[run], lr,
-                                          self.beta1, self.beta2, self.eps, self.weight_decay, self.step_count)
+        for run, scale in self.runs:  # one pass over the buffers, or one per stretch at one rate
+            kernels.of(self.m).adamw_step(data[run], grad[run], self.m[run], self.v[run], self.decay[run],
+                                          lr * scale, self.beta1, self.beta2, self.eps, self.weight_decay,
+                                          self.step_count)
 
     def whole_moments(self, comm):
         """(m, v) over every parameter, on rank 0 (None elsewhere under ZeRO-1, where they are
@@ -94,15 +98,19 @@ class AdamW:
         self.step_count = step_count
 
 
-def updated_runs(store, shard, exclude):
-    """The slices of `shard` (relative to its start) that hold no parameter named in `exclude`."""
-    runs, start = [], shard.start
-    for span in sorted(store.span(name) for name in exclude):
-        if span.start > start:
-            runs.append(slice(start - shard.start, span.start - shard.start))
-        start = max(start, span.stop)
-    if start < shard.stop:
-        runs.append(slice(start - shard.start, shard.stop - shard.start))
+def updated_runs(store, shard, exclude, lr_scales):
+    """(slice of `shard` relative to its start, lr's factor there) for the stretches AdamW updates:
+    every parameter but those in `exclude`, neighbours at the same factor joined into one run."""
+    runs = []
+    for name in store.shapes:
+        span = store.span(name)
+        start, stop = max(span.start, shard.start) - shard.start, min(span.stop, shard.stop) - shard.start
+        if name in exclude or start >= stop:
+            continue
+        scale = lr_scales.get(name, 1.0)
+        if runs and runs[-1][0].stop == start and runs[-1][1] == scale:
+            start = runs.pop()[0].start
+        runs.append((slice(start, stop), scale))
     return runs
 
 

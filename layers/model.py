@@ -96,6 +96,21 @@ def hidden_matrices(model):
     return [name for block in model.blocks for name in parameter_names(block) if len(model.store.shapes[name]) == 2]
 
 
+def learning_rate_groups(store):
+    """The parameters that modded-nanogpt gives AdamW rates of their own, by group: "embedding"
+    (the token table, and learned positions), "head" (an untied head) and "vector" (every 1-D
+    parameter); the rest run at the base rate."""
+    groups = {}
+    for name, shape in store.shapes.items():
+        if name in ("tok_emb.weight", "pos_emb.weight"):
+            groups[name] = "embedding"
+        elif name == "head.weight":
+            groups[name] = "head"
+        elif len(shape) == 1:
+            groups[name] = "vector"
+    return groups
+
+
 def init_parameters(store, n_layer, seed, zero_init_proj=False):
     """GPT-2's init: weights N(0, 0.02), the residual output projections N(0, 0.02/√(2L)) so the
     residual stream's variance does not grow with depth, biases 0, LayerNorm weights 1; with

@@ -41,6 +41,7 @@ BAD_CONFIGS = {
     "unknown norm": ({"norm": "batchnorm"}, "norm must be one of layernorm, rmsnorm, got 'batchnorm'"),
     "unknown optimizer": ({"optimizer": "sgd"}, "optimizer must be one of adamw, muon, got 'sgd'"),
     "Muon at no rate": ({"optimizer": "muon", "muon_lr": 0}, "muon_lr must be positive, got 0.0"),
+    "negative head rate": ({"head_lr": -0.1}, "head_lr must not be negative, got -0.1"),
     "Muon under ZeRO-1": ({"optimizer": "muon", "zero": 1}, "optimizer muon needs each matrix's whole gradient"),
     "rotary with odd heads": ({"positions": "rotary", "d_model": 9, "n_head": 3},
                               "rotary positions turn pairs of dimensions, so heads need an even size"),

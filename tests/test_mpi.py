@@ -38,7 +38,8 @@ def test_two_ranks_train_modded_options_as_one(small_args, tmp_path):
     def two_ranks(command):
         return subprocess.run([MPIEXEC, "-n", "2", *command], capture_output=True, text=True, timeout=300)
     options = ["--norm=rmsnorm", "--activation=relu2", "--bias=false", "--tie_head=false", "--zero_init_proj=true",
-               "--qk_norm=true", "--positions=rotary", "--optimizer=muon"]
+               "--qk_norm=true", "--positions=rotary", "--optimizer=muon",
+               "--embedding_lr=0.01", "--head_lr=0.002", "--vector_lr=0.004"]
     modded = small_args[:-1] + options + small_args[-1:]  # out_dir stays last
     assert_trains_like_one_process(two_ranks, 2, modded, tmp_path, "float64", 1e-12)
 
@@ -50,7 +51,8 @@ def final_moments(run_dir, step):
 
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_zero_1_trains_as_zero_0(small_args, tmp_path, ranks):
-    common = small_args[:-1] + ["--max_steps=5", "--eval_interval=5", "--dtype=float64", "--batch_size=4"]
+    common = small_args[:-1] + ["--max_steps=5", "--eval_interval=5", "--dtype=float64", "--batch_size=4",
+                                "--embedding_lr=0.01", "--vector_lr=0.004"]  # rates of their own cut by the shards
     plain = launch(ranks, TRAIN, *common, "--zero=0", f"--out_dir={tmp_path / 'plain'}")
     sharded = launch(ranks, TRAIN, *common, "--zero=1", f"--out_dir={tmp_path / 'sharded'}")
     assert plain.returncode == 0, plain.stderr

@@ -4,10 +4,11 @@ import pytest
 
 from engine.errors import UserError
 from engine.kernels import cpu, reference
-from engine.optim import AdamW, Muon, clip_grad_norm
+from engine.optim import AdamW, Muon, clip_grad_norm, updated_runs
 from engine.params import ParameterStore
 from train.config import load_config
-from train.trainer import learning_rate, micro_steps_per_step
+from train.model_setup import build_model
+from train.trainer import adamw_lr_scales, learning_rate, micro_steps_per_step
 
 
 @pytest.mark.parametrize("dtype, tol", [(np.float32, 1e-5), (np.float64, 1e-12)])
@@ -48,6 +49,39 @@ def test_adamw_matches_pytorch():
     np.testing.assert_allclose(store.params["b"], b.detach().numpy(), rtol=1e-13)
 
 
+def test_adamw_rates_per_group_match_pytorchs_param_groups():
+    """modded-nanogpt's separate rates (embedding, head, vectors): factors of the step's lr,
+    against torch.optim.AdamW with one group per rate."""
+    torch = pytest.importorskip("torch")
+    shapes = [("tok_emb.weight", (5, 2)), ("blocks.0.ffn.fc.weight", (2, 3)), ("blocks.0.ffn.fc.bias", (3,)),
+              ("head.weight", (5, 2))]
+    store = ParameterStore(shapes, dtype=np.float64)
+    rng = np.random.default_rng(1)
+    store.data[...] = rng.normal(size=store.numel)
+    scales = {"tok_emb.weight": 30.0, "blocks.0.ffn.fc.bias": 0.5, "head.weight": 0.4}
+    ours = AdamW(store, 0.9, 0.95, 1e-8, 0.1, lr_scales=scales)
+    tensors = {name: torch.tensor(p.copy(), requires_grad=True) for name, p in store.params.items()}
+    theirs = torch.optim.AdamW([{"params": [t], "weight_decay": 0.1 if t.dim() == 2 else 0.0,
+                                 "scale": scales.get(name, 1.0)} for name, t in tensors.items()],
+                               betas=(0.9, 0.95), eps=1e-8)
+    for step in range(4):
+        store.grad[...] = rng.normal(size=store.numel)
+        for name, t in tensors.items():
+            t.grad = torch.tensor(store.grads[name].copy())
+        for group in theirs.param_groups:
+            group["lr"] = 1e-2 * (step + 1) * group["scale"]
+        ours.step(1e-2 * (step + 1))
+        theirs.step()
+    for name, t in tensors.items():
+        np.testing.assert_allclose(store.params[name], t.detach().numpy(), rtol=1e-13, err_msg=name)
+
+
+def test_adamw_runs_join_neighbours_at_one_rate_within_the_shard():
+    store = ParameterStore([("a", (4,)), ("b", (2, 2)), ("c", (3,)), ("d", (2,)), ("e", (5,))])
+    runs = updated_runs(store, slice(2, 16), exclude=["d"], lr_scales={"c": 2.0, "e": 2.0})
+    assert runs == [(slice(0, 6), 1.0), (slice(6, 9), 2.0), (slice(11, 14), 2.0)]
+
+
 def test_weight_decay_skips_biases_and_layernorm():
     store = ParameterStore([("tok_emb.weight", (5, 2)), ("ln_f.weight", (2,)), ("fc.bias", (3,))])
     decay = AdamW(store).decay
@@ -72,6 +106,18 @@ def test_schedule_warms_up_then_decays_to_min_lr():
     assert lrs[60] == pytest.approx(0.1 + 0.5 * 0.9)
     assert lrs[110] == pytest.approx(0.1)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+
+
+def test_each_groups_rate_key_names_its_parameters():
+    cfg = load_config(None, ["--n_layer=1", "--tie_head=false", "--positions=learned", "--lr=0.01",
+                             "--embedding_lr=0.6", "--head_lr=0.008"])
+    scales = adamw_lr_scales(cfg, build_model(cfg).store)
+    assert scales == {"tok_emb.weight": pytest.approx(60), "pos_emb.weight": pytest.approx(60),
+                      "head.weight": pytest.approx(0.8)}, "vector_lr 0 leaves the vectors at lr"
+    cfg.vector_lr = 0.02
+    scales = adamw_lr_scales(cfg, build_model(cfg).store)
+    assert scales["blocks.0.ln1.bias"] == scales["ln_f.weight"] == pytest.approx(2.0)
+    assert "blocks.0.attn.qkv.weight" not in scales
 
 
 def test_gradient_accumulation_steps():

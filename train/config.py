@@ -49,7 +49,10 @@ class Config(ModelConfig):
     beta2: float = 0.95
     adam_eps: float = 1e-8
     grad_clip: float = 1.0        # largest global gradient norm; 0 turns clipping off
-    optimizer: str = "adamw"      # "adamw", or "muon": Muon for the blocks' matrices, AdamW (lr) for the rest
+    embedding_lr: float = 0.0     # AdamW's peak rate for tok_emb (and pos_emb); 0: lr. Each on lr's schedule
+    head_lr: float = 0.0          # ... for an untied head; 0: lr
+    vector_lr: float = 0.0        # ... for every 1-D parameter (norms' weights, biases); 0: lr
+    optimizer: str = "adamw"      # "adamw", or "muon": Muon for the blocks' matrices, AdamW for the rest
     muon_lr: float = 0.02         # Muon's peak learning rate, on lr's warm-up and decay schedule
     muon_momentum: float = 0.95
     tokens_per_step: int = 0      # 0 means batch_size * seq_len * ranks (no accumulation)
@@ -71,7 +74,8 @@ FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Config)}
 POSITIVE = ("vocab_size", "d_model", "n_layer", "n_head", "d_ff", "seq_len", "rope_base", "batch_size", "num_stories",
             "max_steps", "lr", "muon_lr", "comm_timeout", "eval_interval", "eval_iters", "log_interval",
             "keep_checkpoints")
-NON_NEGATIVE = ("seed", "threads", "min_lr", "warmup_steps", "weight_decay", "adam_eps", "grad_clip", "tokens_per_step")
+NON_NEGATIVE = ("seed", "threads", "min_lr", "warmup_steps", "weight_decay", "adam_eps", "grad_clip", "tokens_per_step",
+                "embedding_lr", "head_lr", "vector_lr")
 CHOICES = {"dtype": tuple(DTYPES), "device": DEVICES, "comm": COMM_KINDS, "cuda_aware_mpi": ("auto", "yes", "no"),
            "tokenizer": tuple(TOKENIZERS), "wandb_mode": ("offline", "online", "disabled"),
            "positions": POSITIONS, "activation": ACTIVATIONS, "norm": NORMS, "optimizer": ("adamw", "muon")}

@@ -22,7 +22,7 @@ from engine.comm import GradientAllreduce
 from engine.errors import CommTimeout, UserError
 from engine.flops import measure_matmul_flops, training_flops_per_token
 from engine.optim import AdamW, Muon, clip_grad_norm
-from layers.model import hidden_matrices
+from layers.model import hidden_matrices, learning_rate_groups
 from train.checkpoint import (checkpoint_path, keep_last, latest_checkpoint, load_checkpoint, load_parameters,
                               mark_best, save_checkpoint, step_checkpoints)
 from train.cli import ArgumentParser, make_folder, parse_with_config, run_main
@@ -42,6 +42,13 @@ def learning_rate(step, cfg):
         return cfg.lr * (step + 1) / (cfg.warmup_steps + 1)
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+
+
+def adamw_lr_scales(cfg, store):
+    """lr's factor for each parameter whose group has a rate of its own (embedding_lr, head_lr,
+    vector_lr; a rate of 0 leaves its group at lr)."""
+    rates = {name: getattr(cfg, f"{group}_lr") for name, group in learning_rate_groups(store).items()}
+    return {name: rate / cfg.lr for name, rate in rates.items() if rate}
 
 
 def micro_steps_per_step(cfg, world_size=1):
@@ -208,7 +215,8 @@ def start_or_resume(cfg, resume, init_from=None):
     world.broadcast_array(model.store.data, what="the parameter broadcast")
     sync = GradientAllreduce(world, model.store, model.gradient_buckets(), cfg.comm, cfg.zero)
     matrices = hidden_matrices(model) if cfg.optimizer == "muon" else ()
-    optimizer = AdamW(model.store, cfg.beta1, cfg.beta2, cfg.adam_eps, cfg.weight_decay, sync.shard, matrices)
+    optimizer = AdamW(model.store, cfg.beta1, cfg.beta2, cfg.adam_eps, cfg.weight_decay, sync.shard, matrices,
+                      adamw_lr_scales(cfg, model.store))
     muon = Muon(model.store, matrices, cfg.muon_momentum) if matrices else None
     run = Run(cfg, world, data, model, optimizer, sync, micro_steps, muon=muon)
     if resume:
