@@ -5,10 +5,10 @@ Derivation: dy/dx = ½ (1 + tanh u) + ½ x (1 - tanh² u) · √(2/π) (1 + 3 ·
 the two linears are layers/linear.py's. The kernels' spec: reference.gelu_forward and
 gelu_backward.
 ReLU² (modded-nanogpt's record 5, from Primer, So et al. 2021): y = max(x, 0)², so
-dy/dx = 2 max(x, 0), which is 0 for x < 0 and continuous at 0.
+dy/dx = 2 max(x, 0), which is 0 for x < 0 and continuous at 0. The kernels' spec:
+reference.relu2_forward and relu2_backward.
 """
 from engine import kernels
-from engine.backend import array_module
 from layers.linear import Linear
 
 ACTIVATIONS = ("gelu", "relu2")
@@ -23,12 +23,11 @@ def gelu_backward(dy, x):
 
 
 def relu2_forward(x):
-    r = array_module(x).maximum(x, 0)
-    return r * r, r
+    return kernels.of(x).relu2_forward(x), x
 
 
-def relu2_backward(dy, r):
-    return 2 * r * dy
+def relu2_backward(dy, x):
+    return kernels.of(dy).relu2_backward(dy, x)
 
 
 class ReLU2:

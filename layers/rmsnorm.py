@@ -3,23 +3,20 @@ axis, rstd = 1/√(mean(x²) + eps), eps the dtype's machine epsilon, as torch's
 
 Derivation: with x̂ = x · rstd and d rstd/dx = -rstd³ x / n, the mean of x² being a function of x,
   dx = rstd · (dy - x̂ · mean(dy · x̂))
-(the means over the normalised axis); there is nothing to learn.
+(the means over the normalised axis); there is nothing to learn. The kernels' spec:
+reference.rmsnorm_forward and rmsnorm_backward.
 """
-import numpy as np
-
-from engine.backend import array_module
+from engine import kernels
 
 
 def rmsnorm_forward(x):
-    xp = array_module(x)
-    rstd = 1.0 / xp.sqrt((x * x).mean(axis=-1, keepdims=True) + np.finfo(x.dtype).eps)
-    return x * rstd, (x, rstd)
+    y, rstd = kernels.of(x).rmsnorm_forward(x)
+    return y, (x, rstd)
 
 
 def rmsnorm_backward(dy, cache):
     x, rstd = cache
-    xhat = x * rstd
-    return rstd * (dy - xhat * (dy * xhat).mean(axis=-1, keepdims=True))
+    return kernels.of(dy).rmsnorm_backward(dy, x, rstd)
 
 
 class RMSNorm:

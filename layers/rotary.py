@@ -5,10 +5,11 @@ angle t·θ_i, θ_i = base^(-2i/hd):  y1 = x1 cos + x2 sin,  y2 = -x1 sin + x2 c
 
 Derivation: each pair is turned by a rotation R_t, so dx = R_tᵀ dy, the turn back:
   dx1 = dy1 cos - dy2 sin,  dx2 = dy1 sin + dy2 cos  (the forward with sin negated).
+The kernels' spec: reference.rotary_forward.
 """
 import numpy as np
 
-from engine.backend import array_module
+from engine import kernels
 
 
 def rotary_table(n_positions, head_size, base):
@@ -20,10 +21,8 @@ def rotary_table(n_positions, head_size, base):
 
 def rotary_forward(x, cos, sin, start=0):
     """x (B, H, T, hd) at positions start.., each half-split pair turned by its angle."""
-    half, T = x.shape[-1] // 2, x.shape[-2]
-    c, s = cos[start:start + T], sin[start:start + T]
-    x1, x2 = x[..., :half], x[..., half:]
-    return array_module(x).concatenate([x1 * c + x2 * s, x2 * c - x1 * s], axis=-1)
+    T = x.shape[-2]
+    return kernels.of(x).rotary_forward(x, cos[start:start + T], sin[start:start + T])
 
 
 def rotary_backward(dy, cos, sin):

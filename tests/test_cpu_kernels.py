@@ -86,6 +86,42 @@ def test_gelu(dtype, shape):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 2), (3, 5, 17), (2, 4, 64, 32)])
+def test_rmsnorm(dtype, shape):
+    rng = np.random.default_rng(5)
+    x, dy = random(rng, shape, dtype, 2.0) + dtype(0.5), random(rng, shape, dtype)
+    y, rstd = cpu.rmsnorm_forward(x)
+    expected_y, expected_rstd = reference.rmsnorm_forward(x)
+    assert_kernel_close(y, expected_y, dtype, "y")
+    assert_kernel_close(rstd, expected_rstd, dtype, "rstd")
+    assert_kernel_close(cpu.rmsnorm_backward(dy, x, rstd), reference.rmsnorm_backward(dy, x, expected_rstd), dtype,
+                        "dx")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5, 17), (64, 96)])
+def test_relu2(dtype, shape):
+    rng = np.random.default_rng(6)
+    x, dy = random(rng, shape, dtype, 2.0), random(rng, shape, dtype)
+    assert_kernel_close(cpu.relu2_forward(x), reference.relu2_forward(x), dtype, "y")
+    assert_kernel_close(cpu.relu2_backward(dy, x), reference.relu2_backward(dy, x), dtype, "dx")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B, H, T, hd", [(1, 1, 1, 2), (2, 3, 17, 8), (4, 4, 128, 32)])
+def test_rotary(dtype, B, H, T, hd):
+    """On heads as attention has them: a strided view of the qkv buffer (layers/attention.py)."""
+    from layers.attention import split_heads
+    from layers.rotary import rotary_table
+    rng = np.random.default_rng(7)
+    qkv = random(rng, (B, T, 3 * H * hd), dtype)
+    q = split_heads(qkv[..., H * hd:2 * H * hd], H)
+    cos, sin = (t.astype(dtype) for t in rotary_table(T, hd, 10000.0))
+    assert_kernel_close(cpu.rotary_forward(q, cos, sin), reference.rotary_forward(q, cos, sin), dtype, "y")
+    assert_kernel_close(cpu.rotary_forward(q, cos, -sin), reference.rotary_forward(q, cos, -sin), dtype, "dx")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rows, vocab", [(1, 2), (9, 257), (64, 256)])
 def test_softmax_xent(dtype, rows, vocab):
     rng = np.random.default_rng(3)

@@ -315,6 +315,104 @@ def layernorm_backward(dy, x, mean, rstd, w):
     return dx.reshape(x.shape), dw_parts.sum(axis=0).astype(x.dtype), db_parts.sum(axis=0).astype(x.dtype)
 
 
+@numba.njit(parallel=True, cache=True, fastmath=FAST)
+def rmsnorm_rows(x, eps, y, rstd):
+    N, d = x.shape
+    zero, inverse_d = x.dtype.type(0.0), x.dtype.type(1.0 / d)
+    for n in prange(N):
+        squares = zero
+        for i in range(d):
+            squares += x[n, i] * x[n, i]
+        r = x.dtype.type(1.0 / math.sqrt(squares * inverse_d + eps))
+        for i in range(d):
+            y[n, i] = x[n, i] * r
+        rstd[n] = r
+
+
+def rmsnorm_forward(x):
+    rows = x.reshape(-1, x.shape[-1])
+    y = np.empty_like(rows)
+    rstd = np.empty(rows.shape[0], dtype=x.dtype)
+    rmsnorm_rows(rows, x.dtype.type(np.finfo(x.dtype).eps), y, rstd)
+    return y.reshape(x.shape), rstd.reshape(x.shape[:-1])
+
+
+@numba.njit(parallel=True, cache=True, fastmath=FAST)
+def rmsnorm_backward_rows(dy, x, rstd, dx):
+    N, d = x.shape
+    zero, inverse_d = x.dtype.type(0.0), x.dtype.type(1.0 / d)
+    for n in prange(N):
+        r = rstd[n]
+        dot = zero
+        for i in range(d):
+            dot += dy[n, i] * x[n, i]
+        mean_dy_xhat = dot * r * inverse_d
+        for i in range(d):
+            dx[n, i] = r * (dy[n, i] - x[n, i] * r * mean_dy_xhat)
+
+
+def rmsnorm_backward(dy, x, rstd):
+    d = x.shape[-1]
+    rows = x.reshape(-1, d)
+    dx = np.empty_like(rows)
+    rmsnorm_backward_rows(dy.reshape(-1, d), rows, rstd.reshape(-1), dx)
+    return dx.reshape(x.shape)
+
+
+@numba.njit(parallel=True, cache=True, fastmath=FAST)
+def relu2_rows(x, y):
+    N, F = x.shape
+    zero = x.dtype.type(0.0)
+    for n in prange(N):
+        for i in range(F):
+            r = max(x[n, i], zero)
+            y[n, i] = r * r
+
+
+@numba.njit(parallel=True, cache=True, fastmath=FAST)
+def relu2_backward_rows(dy, x, dx):
+    N, F = x.shape
+    zero, two = x.dtype.type(0.0), x.dtype.type(2.0)
+    for n in prange(N):
+        for i in range(F):
+            dx[n, i] = two * max(x[n, i], zero) * dy[n, i]
+
+
+def relu2_forward(x):
+    rows = x.reshape(-1, x.shape[-1])
+    y = np.empty_like(rows)
+    relu2_rows(rows, y)
+    return y.reshape(x.shape)
+
+
+def relu2_backward(dy, x):
+    rows = x.reshape(-1, x.shape[-1])
+    dx = np.empty_like(rows)
+    relu2_backward_rows(dy.reshape(rows.shape), rows, dx)
+    return dx.reshape(x.shape)
+
+
+@numba.njit(parallel=True, cache=True, fastmath=FAST)
+def rotary_heads(x, cos, sin, y):
+    """Every (batch, head) of x (B, H, T, hd), any strides, into y, one per thread at a time."""
+    B, H, T, hd = x.shape
+    half = hd // 2
+    for bh in prange(B * H):
+        b, h = bh // H, bh % H
+        for t in range(T):
+            for i in range(half):
+                x1, x2, c, s = x[b, h, t, i], x[b, h, t, i + half], cos[t, i], sin[t, i]
+                y[b, h, t, i] = x1 * c + x2 * s
+                y[b, h, t, i + half] = x2 * c - x1 * s
+
+
+def rotary_forward(x, cos, sin):
+    """reference.rotary_forward, for x (B, H, T, hd)."""
+    y = np.empty(x.shape, x.dtype)
+    rotary_heads(x, cos, sin, y)
+    return y
+
+
 # GELU as x · σ(2u) = x / (1 + exp(-2u)), since ½ (1 + tanh u) = σ(2u): one exponential, and no
 # 1 + tanh u to lose its digits where tanh u is near -1. The gradient, σ + 2x σ (1 - σ) du/dx,
 # is the reference's ½ (1 + tanh u) + ½ x (1 - tanh² u) du/dx with 1 - tanh² u = 4σ (1 - σ).

@@ -83,6 +83,39 @@ def layernorm_backward(dy, x, mean, rstd, w):
     return dx, (dy * xhat).reshape(-1, d).sum(axis=0), dy.reshape(-1, d).sum(axis=0)
 
 
+def rmsnorm_forward(x):
+    """y = x · rstd over the last axis, no parameters, rstd = 1/√(mean(x²) + eps) with eps the
+    dtype's machine epsilon (torch's F.rms_norm default). Returns y and each row's rstd."""
+    rstd = 1.0 / array_module(x).sqrt((x * x).mean(axis=-1, keepdims=True) + np.finfo(x.dtype).eps)
+    return x * rstd, rstd[..., 0]
+
+
+def rmsnorm_backward(dy, x, rstd):
+    """dx = rstd · (dy - x̂ · mean(dy · x̂)), x̂ = x · rstd."""
+    xhat = x * rstd[..., None]
+    return rstd[..., None] * (dy - xhat * (dy * xhat).mean(axis=-1, keepdims=True))
+
+
+def relu2_forward(x):
+    """max(x, 0)²."""
+    r = array_module(x).maximum(x, 0)
+    return r * r
+
+
+def relu2_backward(dy, x):
+    """dy · 2 max(x, 0)."""
+    return 2 * array_module(x).maximum(x, 0) * dy
+
+
+def rotary_forward(x, cos, sin):
+    """x (..., T, hd) with each pair (i, i + hd/2) turned by its position's angle, whose cos and
+    sin are (T, hd/2): y1 = x1 cos + x2 sin, y2 = x2 cos - x1 sin. The backward is this with sin
+    negated (the turn back)."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return array_module(x).concatenate([x1 * cos + x2 * sin, x2 * cos - x1 * sin], axis=-1)
+
+
 GELU_SCALE = math.sqrt(2.0 / math.pi)
 GELU_CUBIC = 0.044715
 
