@@ -224,6 +224,13 @@ class Comm:
         self.wait([self.start(self.comm.Iallgatherv, self.comm.Allgatherv, self.mpi.IN_PLACE,
                               [whole, self.shard_layout(whole.size)], after=after)], what)
 
+    def allgather_parts(self, array, layout, what):
+        """Fill every rank's `array` (host or device) with the parts, (counts, offsets) in
+        `layout`, that the other ranks wrote of it."""
+        with host_view(array, self) as (buffer, after):
+            self.wait([self.start(self.comm.Iallgatherv, self.comm.Allgatherv, self.mpi.IN_PLACE,
+                                  [buffer, layout], after=after)], what)
+
     def abort(self, status):
         """End every rank of the job now (a rank that raised must not leave the others waiting)."""
         if self.world_size > 1:

@@ -120,36 +120,87 @@ NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)  # modded-nanogpt's quintic coefficien
 def newton_schulz(g, steps=5):
     """An approximately orthogonal matrix of g's shape (its U Vᵀ, singular values pushed near 1):
     g normalised, then `steps` quintic iterations X ← aX + (bA + cA²)X with A = X Xᵀ, worked on
-    the wide orientation so that A is the smaller square."""
+    the wide orientation so that A is the smaller square. The products are the kernels' (on the
+    CPU, shared among the step's threads: NumPy's own would run on one)."""
     a, b, c = NEWTON_SCHULZ
-    x = g / (array_module(g).linalg.norm(g) + 1e-7)
+    xp, matmul = array_module(g), kernels.of(g).matmul
+    x = g / (xp.linalg.norm(g) + 1e-7)
     tall = x.shape[0] > x.shape[1]
     if tall:
-        x = x.T
+        x = xp.ascontiguousarray(x.T)  # its products run a fifth faster than on the transposed view
     for _ in range(steps):
-        A = x @ x.T
-        x = a * x + (b * A + c * (A @ A)) @ x
+        A = matmul(x, x.T)
+        B = b * A + c * matmul(A, A)
+        x = a * x + matmul(B, x)
     return x.T if tall else x
+
+
+def newton_schulz_flops(shape, steps=5):
+    """The floating-point operations of newton_schulz on a matrix of `shape`."""
+    m, n = sorted(shape)
+    return steps * (4 * m * m * n + 2 * m ** 3)
+
+
+def consecutive_parts(costs, parts):
+    """Cut points [0, ..., len(costs)] that split `costs` into `parts` consecutive runs of about
+    equal sums (a run may be empty when there are more parts than costs)."""
+    total, cuts, running, i = sum(costs), [0], 0, 0
+    for part in range(1, parts):
+        while i < len(costs) and running + costs[i] / 2 < total * part / parts:
+            running += costs[i]
+            i += 1
+        cuts.append(i)
+    return cuts + [len(costs)]
 
 
 class Muon:
     """Muon (Keller Jordan, 2024; modded-nanogpt's record 3) for the 2-D hidden matrices `names`:
     momentum buf ← μ buf + g with Nesterov's look-ahead u = g + μ buf, then p ← p - lr · s ·
     newton_schulz(u), s = √max(1, out/in) (modded's √max(1, rows/cols) of a PyTorch (out, in)
-    weight; nano2 stores (in, out)). No weight decay. Every rank updates every matrix from the
-    same averaged gradients, so every rank's parameters stay the same."""
+    weight; nano2 stores (in, out)). No weight decay.
 
-    def __init__(self, store, names, momentum=0.95):
+    Over several ranks (`comm`), every rank holds every momentum (the same averaged gradients
+    go into each), but the matrices are cut into consecutive runs of about equal Newton-Schulz
+    work, one per rank: a rank orthogonalises and updates its own run alone, and one all-gather
+    of the updated matrices brings every rank the others' (modded-nanogpt's distributed Muon).
+    bench/muon_mpi.py measured this against every rank doing every matrix."""
+
+    def __init__(self, store, names, momentum=0.95, comm=None):
         self.store, self.names, self.momentum = store, tuple(names), momentum
         self.buffers = {name: store.xp.zeros(store.shapes[name], store.dtype) for name in self.names}
+        self.comm = comm if comm is not None and comm.world_size > 1 else None
+        self.owned = self.names
+        if self.comm is not None:
+            cuts = consecutive_parts([newton_schulz_flops(store.shapes[name]) for name in self.names],
+                                     comm.world_size)
+            sizes = np.cumsum([0] + [store.params[name].size for name in self.names]).tolist()
+            offsets = [sizes[cut] for cut in cuts]
+            self.layout = [b - a for a, b in zip(offsets, offsets[1:])], offsets[:-1]
+            self.owned = self.names[cuts[comm.rank]:cuts[comm.rank + 1]]
+            self.packed = store.xp.empty(sizes[-1], store.dtype)  # the matrices one after another
+            self.packed_views = {name: self.packed[start:stop].reshape(store.shapes[name])
+                                 for name, start, stop in zip(self.names, sizes, sizes[1:])}
 
     def step(self, lr):
         for name in self.names:
-            g, buf, p = self.store.grads[name], self.buffers[name], self.store.params[name]
+            buf = self.buffers[name]
             buf *= self.momentum
-            buf += g
+            buf += self.store.grads[name]
+        for name in self.owned:
+            g, buf, p = self.store.grads[name], self.buffers[name], self.store.params[name]
             n_in, n_out = p.shape
             p -= (lr * max(1.0, n_out / n_in) ** 0.5) * newton_schulz(g + self.momentum * buf)
+        if self.comm is not None:
+            self.exchange()
+
+    def exchange(self):
+        """Every rank's updated matrices to every rank, through the packed buffer."""
+        for name in self.owned:
+            self.packed_views[name][...] = self.store.params[name]
+        self.comm.allgather_parts(self.packed, self.layout, "Muon's all-gather of the updated matrices")
+        for name in self.names:
+            if name not in self.owned:
+                self.store.params[name][...] = self.packed_views[name]
 
     def state_tensors(self):
         return {f"muon_momentum.{name}": buf for name, buf in self.buffers.items()}

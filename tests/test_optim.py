@@ -4,7 +4,7 @@ import pytest
 
 from engine.errors import UserError
 from engine.kernels import cpu, reference
-from engine.optim import AdamW, Muon, clip_grad_norm, updated_runs
+from engine.optim import AdamW, Muon, clip_grad_norm, consecutive_parts, newton_schulz_flops, updated_runs
 from engine.params import ParameterStore
 from train.config import load_config
 from train.model_setup import build_model
@@ -150,6 +150,13 @@ def test_muon_matches_modded_nanogpts_step(shape):
         torch_muon_step(p, g, buf, lr)
     np.testing.assert_allclose(store.params["blocks.0.attn.proj.weight"], p.numpy().T, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(muon.buffers["blocks.0.attn.proj.weight"], buf.numpy().T, rtol=1e-12)
+
+
+def test_muons_matrices_cut_into_runs_of_equal_work():
+    assert consecutive_parts([4, 4, 4, 4], 2) == [0, 2, 4]
+    assert consecutive_parts([9, 1, 1, 1], 2) == [0, 1, 4], "the big matrix alone is half the work"
+    assert consecutive_parts([5, 5], 3) == [0, 1, 1, 2], "more ranks than matrices: a rank without any"
+    assert newton_schulz_flops((6, 10)) == newton_schulz_flops((10, 6)) == 5 * (4 * 36 * 10 + 2 * 216)
 
 
 def test_adamw_leaves_what_muon_holds():

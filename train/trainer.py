@@ -51,6 +51,15 @@ def adamw_lr_scales(cfg, store):
     return {name: rate / cfg.lr for name, rate in rates.items() if rate}
 
 
+def make_optimizers(cfg, model, shard=None, world=None):
+    """(AdamW, Muon or None) for cfg: with optimizer=muon, Muon takes the blocks' matrices and
+    AdamW the rest; AdamW over `shard` under ZeRO-1, Muon sharing its work among `world`'s ranks."""
+    matrices = hidden_matrices(model) if cfg.optimizer == "muon" else ()
+    optimizer = AdamW(model.store, cfg.beta1, cfg.beta2, cfg.adam_eps, cfg.weight_decay, shard, matrices,
+                      adamw_lr_scales(cfg, model.store))
+    return optimizer, Muon(model.store, matrices, cfg.muon_momentum, world) if matrices else None
+
+
 def micro_steps_per_step(cfg, world_size=1):
     """How many micro-batches make one step of tokens_per_step tokens."""
     per_micro_step = cfg.batch_size * cfg.seq_len * world_size
@@ -214,10 +223,7 @@ def start_or_resume(cfg, resume, init_from=None):
     micro_steps = micro_steps_per_step(cfg, world.world_size)
     world.broadcast_array(model.store.data, what="the parameter broadcast")
     sync = GradientAllreduce(world, model.store, model.gradient_buckets(), cfg.comm, cfg.zero)
-    matrices = hidden_matrices(model) if cfg.optimizer == "muon" else ()
-    optimizer = AdamW(model.store, cfg.beta1, cfg.beta2, cfg.adam_eps, cfg.weight_decay, sync.shard, matrices,
-                      adamw_lr_scales(cfg, model.store))
-    muon = Muon(model.store, matrices, cfg.muon_momentum) if matrices else None
+    optimizer, muon = make_optimizers(cfg, model, sync.shard, world)
     run = Run(cfg, world, data, model, optimizer, sync, micro_steps, muon=muon)
     if resume:
         metadata = load_for_resume(resume, model, optimizer, cfg, world, muon)
