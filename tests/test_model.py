@@ -55,6 +55,17 @@ def test_gradcheck_tool_passes_on_tiny_config(capsys):
     assert "blocks.3.ffn.proj.weight" in out
 
 
+def test_gradcheck_tool_on_the_modded_recipe(capsys):
+    """At modded.json's zero-initialised start the check can show nothing, and says so; from
+    random projections every option's backward is checked."""
+    assert gradcheck.main(["--config", "configs/modded.json", "--samples", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "17 tensors have zero gradients at these weights" in out and "--ckpt" in out
+    assert gradcheck.main(["--config", "configs/modded.json", "--samples", "3", "--zero_init_proj=false"]) == 0
+    out = capsys.readouterr().out
+    assert "18/18 tensors within 1e-06" in out and "zero" not in out and "head.weight" in out
+
+
 @pytest.mark.parametrize("spelling", ["--batch_size=1 --seq_len=3", "--batch-size=1 --seq-len=3"])
 def test_gradcheck_tool_takes_batch_and_length_in_either_spelling(spelling, capsys):
     assert gradcheck.main(["--config", "configs/tiny.json", "--samples", "1", *spelling.split()]) == 0

@@ -70,15 +70,19 @@ def main(argv=None):
     print(f"gradcheck: {args.dtype}, batch {args.batch_size} x {args.seq_len} tokens, "
           f"eps {eps:g}, tolerance {tol:g}")
     print(f"{'tensor':<28} {'shape':>13} {'n':>3} {'|analytic|':>11} {'|numeric|':>11} {'rel err':>9}")
-    failed = 0
+    failed = zero = 0
     for name, shape, n, a_norm, n_norm, err in rows:
         ok = err <= tol
         failed += not ok
+        zero += a_norm == n_norm == 0
         shape_text = "x".join(map(str, shape))
         print(f"{name:<28} {shape_text:>13} {n:>3} {a_norm:11.4e} {n_norm:11.4e} {err:9.2e}"
-              f"{'' if ok else '  FAIL'}")
+              f"{'' if ok else '  FAIL'}{'  zero' if a_norm == n_norm == 0 else ''}")
     worst = max(rows, key=lambda r: r[-1])
     print(f"{len(rows) - failed}/{len(rows)} tensors within {tol:g}; worst {worst[0]} at {worst[-1]:.2e}")
+    if zero:  # zero_init_proj's start: the projections and the head at 0 leave most gradients at 0
+        print(f"{zero} tensors have zero gradients at these weights, where the check shows nothing: "
+              f"check a trained model with --ckpt")
     return 1 if failed else 0
 
 
