@@ -32,14 +32,13 @@ import subprocess
 import sys
 import time
 
+from train.cli import ArgumentParser, positive, run_main
+from train.config import load_config
+from train.plot import read_metrics
+from train.trainer import make_optimizers, micro_steps_per_step, train_step
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
-
-from train.cli import ArgumentParser, positive, run_main  # noqa: E402  (the repository on the path first)
-from train.config import load_config  # noqa: E402
-from train.plot import read_metrics  # noqa: E402
-from train.trainer import make_optimizers, micro_steps_per_step, train_step  # noqa: E402
 
 NOT_AN_OPTION = ("out_dir", "eval_interval", "eval_iters", "log_interval", "max_steps")
 COMPANIONS = {"optimizer": ("muon_lr", "muon_momentum"), "tie_head": ("head_lr",), "positions": ("rope_base",)}

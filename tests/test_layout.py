@@ -98,3 +98,20 @@ def test_no_command_module_is_imported_for_its_helpers():
 def test_no_nonlocal_on_the_training_side():
     trees = sources(["train", "layers"])
     assert [m for m, tree in trees.items() if any(isinstance(n, ast.Nonlocal) for n in ast.walk(tree))] == []
+
+
+def test_every_kernel_the_code_asks_for_is_in_every_backend():
+    """`kernels.of(x).NAME` reaches cpu.py or gpu.py: each must define NAME (gpu.py is read, not
+    imported, since it needs CuPy), and reference.py must spec it, so a machine without a GPU
+    still finds a kernel the GPU backend lacks."""
+    trees = sources(PACKAGES)
+    asked = {node.attr for tree in trees.values() for node in ast.walk(tree)
+             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Call)
+             and isinstance(node.value.func, ast.Attribute) and node.value.func.attr == "of"}
+
+    def defined(module):
+        return {n.name for n in trees[module].body if isinstance(n, ast.FunctionDef)} | \
+            {t.id for n in trees[module].body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+    assert {"matmul", "rmsnorm_forward", "rotary_forward", "adamw_step"} <= asked
+    for module in ("engine.kernels.cpu", "engine.kernels.gpu", "engine.kernels.reference"):
+        assert asked <= defined(module), (module, sorted(asked - defined(module)))
