@@ -22,7 +22,8 @@ shared machine's, between runs minutes apart) reaches every run alike.
 An option's row in the ablation is the recipe's value of that key, with the keys that go with
 it (muon_lr and muon_momentum with the optimizer, head_lr with the untied head), set on the
 baseline. The table goes to stdout and to OUT_DIR/recipe_NAME.md, the curves to
-OUT_DIR/recipe_NAME.png.
+OUT_DIR/recipe_NAME.png. --timing_only trains nothing and prints the step times alone (with
+`-- --batch_size=32`, say, to see how the recipe's cost changes with the tokens per step).
 """
 import dataclasses
 import os
@@ -175,25 +176,34 @@ def main():
     parser.add_argument("--out_dir", default=HERE, help="where the table and the PNG go")
     parser.add_argument("--rounds", type=positive(int), default=5, help="rounds of the step timing")
     parser.add_argument("--timed_steps", type=positive(int), default=20, help="steps of a run timed in a round")
+    parser.add_argument("--timing_only", action="store_true", help="no training: the step times alone")
     parser.add_argument("extra", nargs="*", metavar="-- --key=value", help="config overrides for every run")
     args = parser.parse_args()
     baseline_cfg, recipe_cfg = load_config(args.baseline, args.extra), load_config(args.recipe, args.extra)
     args.max_steps = baseline_cfg.max_steps
     name = args.name or os.path.basename(os.path.normpath(args.data))
     run_root = os.path.join(args.runs_dir, name)
+    options = option_overrides(baseline_cfg, recipe_cfg) if args.ablation else {}
+    runs = [(args.baseline, []), (args.recipe, []), *((args.baseline, o) for o in options.values())]
+    tokens = micro_steps_per_step(baseline_cfg) * baseline_cfg.batch_size * baseline_cfg.seq_len
+    from threadpoolctl import threadpool_info
+    machine = f"{os.cpu_count()} CPUs, " + ", ".join(
+        f"{i['internal_api']} {i.get('version')} ({i.get('architecture')} kernels)"
+        for i in threadpool_info() if i["user_api"] == "blas")
+    if args.timing_only:
+        seconds = timed_step_seconds(runs, args.extra, args.rounds, args.timed_steps)
+        print(f"step times at {tokens} tokens per step; {machine}\n")
+        print("| run | ms/step | vs baseline |\n| --- | --- | --- |")
+        for run, s in zip(["baseline", "recipe", *options], seconds):
+            print(f"| {run} | {s * 1e3:.1f} | {s / seconds[0]:.2f}x |")
+        return
     baseline = train("baseline", args.baseline, [], args, run_root)
     recipe = train("recipe", args.recipe, [], args, run_root)
-    options = option_overrides(baseline_cfg, recipe_cfg) if args.ablation else {}
     ablation = [train(key, args.baseline, overrides, args, run_root) for key, overrides in options.items()]
     print("timing the steps", flush=True)
-    runs = [(args.baseline, []), (args.recipe, []), *((args.baseline, o) for o in options.values())]
     seconds = timed_step_seconds(runs, args.extra, args.rounds, args.timed_steps)
-    from threadpoolctl import threadpool_info
-    blas = ", ".join(f"{i['internal_api']} {i.get('version')} ({i.get('architecture')} kernels)"
-                     for i in threadpool_info() if i["user_api"] == "blas")
-    report = (f"{args.baseline} against {args.recipe} on {args.data}, {args.max_steps} steps of "
-              f"{micro_steps_per_step(baseline_cfg) * baseline_cfg.batch_size * baseline_cfg.seq_len} tokens; "
-              f"{os.cpu_count()} CPUs, {blas}\n\n{table([baseline, recipe, *ablation], seconds)}\n")
+    report = (f"{args.baseline} against {args.recipe} on {args.data}, {args.max_steps} steps of {tokens} tokens; "
+              f"{machine}\n\n{table([baseline, recipe, *ablation], seconds)}\n")
     print(report)
     table_path = os.path.join(args.out_dir, f"recipe_{name}.md")
     with open(table_path + ".tmp", "w") as f:
