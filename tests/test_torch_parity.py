@@ -10,12 +10,15 @@ torch = pytest.importorskip("torch")
 from torch_reference import torch_loss  # noqa: E402
 
 SIZES = dict(vocab_size=256, d_model=64, n_layer=3, n_head=4, d_ff=256, seq_len=32)
+# configs/modded.json's options but zero_init_proj, whose zeros would leave most gradients at 0
+MODDED = dict(activation="relu2", norm="rmsnorm", bias=False, tie_head=False, qk_norm=True, positions="rotary")
 
 
 @pytest.mark.parametrize("options", [{}, dict(positions="learned", scale_embedding=False), dict(activation="relu2"),
                                      dict(norm="rmsnorm"), dict(bias=False), dict(tie_head=False), dict(qk_norm=True),
-                                     dict(positions="rotary", qk_norm=True)],
-                         ids=["nano2", "gpt2-input", "relu2", "rmsnorm", "no-bias", "untied-head", "qk-norm", "rotary"])
+                                     dict(positions="rotary"), dict(positions="rotary", qk_norm=True), MODDED],
+                         ids=["nano2", "gpt2-input", "relu2", "rmsnorm", "no-bias", "untied-head", "qk-norm", "rotary",
+                              "rotary-qk-norm", "modded"])
 @pytest.mark.parametrize("dtype, loss_tol, grad_tol", [
     (np.float64, 1e-10, 1e-8),
     (np.float32, 1e-5, 1e-4),
