@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from helpers import MPIEXEC, needs_mpiexec
 
 from engine.params import read_safetensors, write_safetensors
@@ -61,6 +62,25 @@ def test_trace_and_check_name_the_modded_layers(capsys):
     assert "head.weight" in out and ".bias" not in out
     status, out, _ = run(["check", *modded], capsys)
     assert status == 0 and "agrees with central differences" in out
+
+
+def test_check_passes_configs_modded_json_across_relu2s_kink(capsys):
+    """At eps 1e-4 one FFN's fc.weight difference straddled ReLU²'s kink (3e-6, over 1e-6); the
+    check takes such a tensor again at a tenth of the step."""
+    status, out, _ = run(["check", "--config", "configs/modded.json", "--zero_init_proj=false"], capsys)
+    assert status == 0 and "agrees with central differences" in out, out
+
+
+def test_a_kink_is_differenced_again_and_a_wrong_gradient_stays_wrong():
+    from train.finite_differences import checked_differences
+    x = np.array([3e-5, 0.5])  # relu(x)² near its kink, and far from it
+
+    def loss():
+        return (np.maximum(x, 0) ** 2).sum()
+    numeric, err = checked_differences(loss, x, [0, 1], 2 * np.maximum(x, 0), 1e-4, 1e-6)
+    assert err < 1e-10 and numeric == pytest.approx([6e-5, 1.0])
+    _, err = checked_differences(loss, x, [0, 1], 2.02 * np.maximum(x, 0), 1e-4, 1e-6)
+    assert err > 1e-3
 
 
 def test_check_names_a_planted_wrong_backward_and_no_earlier_layer(monkeypatch, capsys):

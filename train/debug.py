@@ -28,7 +28,7 @@ from layers.model import parameter_names
 from train.cli import ArgumentParser, add_checkpoint_argument, not_negative, positive, run_main
 from train.config import load_config
 from train.data import TokenData, random_batch
-from train.finite_differences import EPS, TOLERANCE, central_differences, relative_error, sample_entries
+from train.finite_differences import EPS, TOLERANCE, checked_differences, relative_error, sample_entries
 from train.model_setup import set_up_rank
 from train.tracing import Tracer, summary
 
@@ -141,8 +141,8 @@ def check_layer(model, name, layer, inputs, upstream, n_samples, rng):
     for label, array, grad in targets:
         flat, grad = array.reshape(-1), np.asarray(grad, dtype=np.float64).ravel()
         entries = sample_entries(grad, n_samples, rng)
-        numeric = central_differences(loss, flat, entries, EPS)
-        results.append((label, relative_error(grad[entries], numeric)))
+        _, err = checked_differences(loss, flat, entries, grad[entries], EPS, CHECK_TOLERANCE)
+        results.append((label, err))
     return results
 
 

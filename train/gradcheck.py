@@ -6,7 +6,9 @@ parameters. With --dtype float32 this checks the float32 backward against the tr
 
 For every parameter tensor it perturbs a sample of entries (the largest analytic gradients,
 where a wrong formula shows most, plus random ones, which catch gradients wrongly left at
-zero), and reports ||analytic - numeric|| / max(||analytic||, ||numeric||) over that sample.
+zero), and reports ||analytic - numeric|| / max(||analytic||, ||numeric||) over that sample;
+a tensor over the tolerance is differenced again at a tenth of the step, in case it straddled a
+kink (train/finite_differences.py).
 """
 import sys
 
@@ -17,11 +19,11 @@ from train.checkpoint import load_parameters
 from train.cli import ArgumentParser, add_checkpoint_argument, not_negative, parse_with_config, positive, run_main
 from train.config import cover_seq_len
 from train.data import random_batch
-from train.finite_differences import EPS, TOLERANCE, central_differences, relative_error, sample_entries
+from train.finite_differences import EPS, TOLERANCE, checked_differences, sample_entries
 from train.model_setup import build_model
 
 
-def check_model(model, model64, idx, targets, n_samples, eps, rng):
+def check_model(model, model64, idx, targets, n_samples, eps, tol, rng):
     """[(name, shape, entries checked, ||analytic||, ||numeric||, relative error)] per tensor:
     `model`'s backward against central differences of `model64`, a float64 copy of it."""
     model64.store.data[...] = model.store.data.astype(np.float64)
@@ -33,10 +35,9 @@ def check_model(model, model64, idx, targets, n_samples, eps, rng):
         param = model64.store.params[name].reshape(-1)
         analytic = to_numpy(model.store.grads[name]).ravel().astype(np.float64)
         entries = sample_entries(analytic, n_samples, rng)
-        numeric = central_differences(lambda: model64.forward(idx, targets)[1], param, entries, eps)
         a = analytic[entries]
-        rows.append((name, shape, len(entries), np.linalg.norm(a), np.linalg.norm(numeric),
-                     relative_error(a, numeric)))
+        numeric, err = checked_differences(lambda: model64.forward(idx, targets)[1], param, entries, a, eps, tol)
+        rows.append((name, shape, len(entries), np.linalg.norm(a), np.linalg.norm(numeric), err))
     return rows
 
 
@@ -65,7 +66,7 @@ def main(argv=None):
     rng = np.random.default_rng(cfg.seed)
     idx, targets = random_batch(rng, args.batch_size, args.seq_len, cfg.vocab_size)
     idx, targets = model.xp.asarray(idx), model.xp.asarray(targets)
-    rows = check_model(model, model64, idx, targets, args.samples, eps, rng)
+    rows = check_model(model, model64, idx, targets, args.samples, eps, tol, rng)
 
     print(f"gradcheck: {args.dtype}, batch {args.batch_size} x {args.seq_len} tokens, "
           f"eps {eps:g}, tolerance {tol:g}")
