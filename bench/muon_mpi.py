@@ -18,6 +18,7 @@ import sys
 
 from engine.errors import UserError
 from train.cli import ArgumentParser, positive, run_main
+from vs_torch import blas_description
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -103,10 +104,7 @@ def main():
     except ValueError:
         raise UserError(f"--ranks must be numbers separated by commas, got {args.ranks!r}") from None
     rows = [launch(config, n, args) for config in args.configs.split(",") for n in ranks]
-    from threadpoolctl import threadpool_info
-    blas = ", ".join(f"{i['internal_api']} {i.get('version')} ({i.get('architecture')} kernels)"
-                     for i in threadpool_info() if i["user_api"] == "blas")
-    print(f"Muon's step, {os.cpu_count()} CPUs, {blas}\n")
+    print(f"Muon's step, {os.cpu_count()} CPUs, {blas_description()}\n")
     print("| config | ranks | threads/rank | matrices (MiB) | every rank all (ms) | a run each + all-gather (ms) "
           "| ratio | same bits |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")

@@ -37,6 +37,7 @@ from train.cli import ArgumentParser, positive, run_main
 from train.config import load_config
 from train.plot import read_metrics
 from train.trainer import make_optimizers, micro_steps_per_step, train_step
+from vs_torch import blas_description
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -186,10 +187,7 @@ def main():
     options = option_overrides(baseline_cfg, recipe_cfg) if args.ablation else {}
     runs = [(args.baseline, []), (args.recipe, []), *((args.baseline, o) for o in options.values())]
     tokens = micro_steps_per_step(baseline_cfg) * baseline_cfg.batch_size * baseline_cfg.seq_len
-    from threadpoolctl import threadpool_info
-    machine = f"{os.cpu_count()} CPUs, " + ", ".join(
-        f"{i['internal_api']} {i.get('version')} ({i.get('architecture')} kernels)"
-        for i in threadpool_info() if i["user_api"] == "blas")
+    machine = f"{os.cpu_count()} CPUs, {blas_description()}"
     if args.timing_only:
         seconds = timed_step_seconds(runs, args.extra, args.rounds, args.timed_steps)
         print(f"step times at {tokens} tokens per step; {machine}\n")
