@@ -23,7 +23,10 @@ def main():
     args = parser.parse_args()
     if shutil.which("bible") is None:
         raise UserError("the bible command is missing: install Debian's bible-kjv package (apt-get install bible-kjv)")
-    text = subprocess.run(["bible", "gen1:1-rev22:21"], capture_output=True, text=True, check=True).stdout
+    printed = subprocess.run(["bible", "gen1:1-rev22:21"], capture_output=True, text=True)
+    if printed.returncode:
+        raise UserError(f"bible failed (status {printed.returncode}): {printed.stderr.strip() or '(no message)'}")
+    text = printed.stdout
     chapters = [c.strip() for c in CHAPTER.split("\n\n" + text.strip()) if c.strip()]
     if len(chapters) != 1189:
         raise UserError(f"bible printed {len(chapters)} chapters, not the King James Bible's 1189")

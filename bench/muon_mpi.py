@@ -18,6 +18,7 @@ import sys
 
 from engine.errors import UserError
 from train.cli import ArgumentParser, positive, run_main
+from train.plot import save_figure
 from vs_torch import blas_description
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -70,9 +71,7 @@ def launch(config, ranks, args):
 
 
 def draw(rows, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # train.plot chose the Agg backend
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
     labels = [f"{r['config']}\n{r['ranks']} rank(s)" for r in rows]
     x = range(len(rows))
@@ -84,9 +83,7 @@ def draw(rows, path):
     ax.legend()
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
-    fig.savefig(path + ".tmp.png")
-    plt.close(fig)
-    os.replace(path + ".tmp.png", path)
+    save_figure(fig, path)
 
 
 def main():

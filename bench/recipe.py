@@ -33,9 +33,10 @@ import subprocess
 import sys
 import time
 
+from engine.errors import UserError
 from train.cli import ArgumentParser, positive, run_main
 from train.config import load_config
-from train.plot import read_metrics
+from train.plot import read_metrics, save_figure
 from train.trainer import make_optimizers, micro_steps_per_step, train_step
 from vs_torch import blas_description
 
@@ -82,7 +83,9 @@ def train(name, config, overrides, args, run_root):
     with open(os.path.join(out_dir, "train.log"), "w") as log:
         status = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
     if status:
-        sys.exit(f"recipe: {name} failed (status {status}); see {out_dir}/train.log")
+        with open(os.path.join(out_dir, "train.log")) as log:
+            last = (log.read().strip().splitlines() or ["(no output)"])[-1]
+        raise UserError(f"the {name} run failed (status {status}): {last}")
     cfg = load_config(config, overrides + args.extra)
     result = read_result(name, overrides, os.path.join(out_dir, "metrics.jsonl"),
                          micro_steps_per_step(cfg) * cfg.batch_size * cfg.seq_len)
@@ -105,7 +108,7 @@ def timed_step_seconds(runs, extra, rounds, steps):
         batches = [tuple(model.xp.asarray(a) for a in random_batch(rng, cfg.batch_size, cfg.seq_len, cfg.vocab_size))
                    for _ in range(micro_steps_per_step(cfg))]
         takers.append(lambda model=model, optimizer=optimizer, muon=muon, batches=batches, cfg=cfg:
-                      train_step(model, optimizer, batches, 1e-4, cfg.grad_clip, None, muon, 1e-4))
+                      train_step(model, optimizer, batches, 1e-4, cfg.grad_clip, None, muon))
     seconds = [[] for _ in takers]
     for take in takers:  # the first steps compile the kernels
         take()
@@ -143,9 +146,7 @@ def table(results, seconds):
 
 
 def draw(baseline, recipe, path, title):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # train.plot chose the Agg backend
     fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100, sharey=True)
     for r, color in ((baseline, "tab:blue"), (recipe, "tab:orange")):
         steps, seconds, _, bpb = zip(*r.val[1:])
@@ -160,9 +161,7 @@ def draw(baseline, recipe, path, title):
     by_step.set_ylabel("validation bits per byte")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path + ".tmp.png")
-    plt.close(fig)
-    os.replace(path + ".tmp.png", path)
+    save_figure(fig, path)
 
 
 def main():

@@ -163,10 +163,13 @@ class Muon:
     go into each), but the matrices are cut into consecutive runs of about equal Newton-Schulz
     work, one per rank: a rank orthogonalises and updates its own run alone, and one all-gather
     of the updated matrices brings every rank the others' (modded-nanogpt's distributed Muon).
-    bench/muon_mpi.py measured this against every rank doing every matrix."""
+    bench/muon_mpi.py measured this against every rank doing every matrix.
 
-    def __init__(self, store, names, momentum=0.95, comm=None):
-        self.store, self.names, self.momentum = store, tuple(names), momentum
+    `lr_scale`: Muon's rate as a factor of the step's lr, as AdamW's lr_scales, so that it
+    follows the same warm-up and decay."""
+
+    def __init__(self, store, names, momentum=0.95, comm=None, lr_scale=1.0):
+        self.store, self.names, self.momentum, self.lr_scale = store, tuple(names), momentum, lr_scale
         self.buffers = {name: store.xp.zeros(store.shapes[name], store.dtype) for name in self.names}
         self.comm = comm if comm is not None and comm.world_size > 1 else None
         self.owned = self.names
@@ -182,6 +185,7 @@ class Muon:
                                  for name, start, stop in zip(self.names, sizes, sizes[1:])}
 
     def step(self, lr):
+        lr *= self.lr_scale
         for name in self.names:
             buf = self.buffers[name]
             buf *= self.momentum

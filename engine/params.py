@@ -62,6 +62,23 @@ class ParameterStore:
             self.params[name][...] = self.xp.asarray(tensors[name], dtype=self.dtype)
 
 
+PLAIN_FILE_MODE = 0o666  # what open() asks for; the umask takes its share
+
+
+def current_umask():
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def temporary_file(folder, prefix=".tmp-", suffix=""):
+    """(fd, path) of a new file in `folder` for an atomic write (written, then renamed), with
+    the mode a plain new file gets under the umask, not mkstemp's 0600."""
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=suffix)
+    os.fchmod(fd, PLAIN_FILE_MODE & ~current_umask())
+    return fd, tmp
+
+
 def write_safetensors(path, tensors, metadata):
     """Write atomically: a temporary file in the same folder, fsync, then rename over `path`,
     so a crash mid-write never leaves a half-written file where a good one was."""
@@ -71,7 +88,7 @@ def write_safetensors(path, tensors, metadata):
         raise UserError(f"cannot write {path}: it is a folder")
     try:  # a path the user gave that cannot hold a file is their mistake, said in one line
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".safetensors")
+        fd, tmp = temporary_file(folder, suffix=".safetensors")
     except OSError as e:
         raise UserError(f"cannot write {path}: {e.strerror or e}") from None
     os.close(fd)
@@ -80,6 +97,7 @@ def write_safetensors(path, tensors, metadata):
         text_metadata = {key: value if isinstance(value, str) else json.dumps(value)
                          for key, value in metadata.items()}
         save_file(tensors, tmp, metadata=text_metadata)
+        os.chmod(tmp, PLAIN_FILE_MODE & ~current_umask())  # save_file makes the file anew, at 0600
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

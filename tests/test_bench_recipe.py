@@ -41,6 +41,14 @@ def test_a_runs_curve_and_the_step_it_reaches_a_loss(tmp_path):
     assert result.final_loss == 1.0
 
 
+def test_a_run_that_fails_ends_the_benchmark_in_one_line(tmp_path):
+    command = [sys.executable, os.path.join(ROOT, "bench", "recipe.py"), "--data", str(tmp_path / "missing"),
+               "--runs_dir", str(tmp_path / "runs"), "--out_dir", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "the baseline run failed (status 2)" in result.stderr, result.stderr
+
+
 def test_a_short_run_draws_the_curves_and_writes_the_table(tmp_path):
     command = [sys.executable, os.path.join(ROOT, "bench", "recipe.py"), "--name", "short",
                "--runs_dir", str(tmp_path / "runs"), "--out_dir", str(tmp_path), "--eval_interval", "2",

@@ -8,7 +8,7 @@ from engine.optim import AdamW, Muon, clip_grad_norm, consecutive_parts, newton_
 from engine.params import ParameterStore
 from train.config import load_config
 from train.model_setup import build_model
-from train.trainer import adamw_lr_scales, learning_rate, micro_steps_per_step
+from train.trainer import adamw_lr_scales, learning_rate, make_optimizers, micro_steps_per_step
 
 
 @pytest.mark.parametrize("dtype, tol", [(np.float32, 1e-5), (np.float64, 1e-12)])
@@ -118,6 +118,20 @@ def test_each_groups_rate_key_names_its_parameters():
     scales = adamw_lr_scales(cfg, build_model(cfg).store)
     assert scales["blocks.0.ln1.bias"] == scales["ln_f.weight"] == pytest.approx(2.0)
     assert "blocks.0.attn.qkv.weight" not in scales
+
+
+def test_muon_runs_at_muon_lr_on_lrs_schedule():
+    cfg = load_config(None, ["--n_layer=1", "--optimizer=muon", "--lr=0.01", "--muon_lr=0.03", "--dtype=float64"])
+    model = build_model(cfg)
+    _, muon = make_optimizers(cfg, model)
+    twin = Muon(model.store, muon.names, cfg.muon_momentum)
+    model.store.grad[...] = np.random.default_rng(2).normal(size=model.store.numel)
+    start = model.store.data.copy()
+    muon.step(0.005)  # half the peak: Muon at half of muon_lr
+    scaled = model.store.data.copy()
+    model.store.data[...] = start
+    twin.step(0.015)
+    np.testing.assert_array_equal(scaled, model.store.data)
 
 
 def test_gradient_accumulation_steps():

@@ -102,3 +102,19 @@ def test_a_tensor_numpy_cannot_hold_is_refused_not_a_traceback(tmp_path):
     with pytest.raises(UserError, match="tensor w is BF16, which NumPy cannot hold; save it as float32"):
         read_safetensors(path)
     assert read_safetensors(path, tensors=False) == ({}, {})  # the header alone reads
+
+
+def test_atomic_writes_get_a_plain_files_mode_not_mkstemps(tmp_path):
+    """Checkpoints, exported weights, prepared data and PNGs are written to a temporary file and
+    renamed; the file then has the mode the umask gives a new file (mkstemp alone gives 0600)."""
+    import matplotlib.pyplot as plt
+
+    from train.plot import save_figure
+    umask = os.umask(0o022)
+    try:
+        write_safetensors(tmp_path / "a.safetensors", {"w": np.zeros(2, np.float32)}, {})
+        save_figure(plt.figure(), str(tmp_path / "a.png"))
+    finally:
+        os.umask(umask)
+    for name in ("a.safetensors", "a.png"):
+        assert os.stat(tmp_path / name).st_mode & 0o777 == 0o644, name

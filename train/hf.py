@@ -23,7 +23,7 @@ import numpy as np
 
 from engine import comm
 from engine.errors import UserError
-from engine.params import read_safetensors, write_safetensors
+from engine.params import current_umask, read_safetensors, write_safetensors
 from layers.model import parameter_shapes
 from layers.positions import sinusoidal_table
 from train.checkpoint import FORMAT, read_any_checkpoint
@@ -151,12 +151,6 @@ logits = model(tokens).logits  # (1, T, {cfg.vocab_size})
 """
 
 
-def current_umask():
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
-
-
 def write_text(path, text):
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
@@ -190,7 +184,6 @@ def write_folder(out, tensors, texts):
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's 0700 would hide the model from other users
         weights = os.path.join(tmp, "model.safetensors")
         write_safetensors(weights, tensors, {"format": "pt"})  # the tag transformers asks for
-        os.chmod(weights, 0o666 & ~current_umask())  # readable as a plain file is, not 0600 as mkstemp's
         for file_name, text in texts.items():
             write_text(os.path.join(tmp, file_name), text)
         fsync_folder(tmp)

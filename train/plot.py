@@ -1,12 +1,13 @@
 """The loss curve of a run, drawn from its metrics.jsonl."""
 import json
 import os
-import tempfile
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+
+from engine.params import temporary_file  # noqa: E402
 
 
 def read_metrics(path):
@@ -40,7 +41,12 @@ def plot_losses(metrics_path, png_path, title):
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(png_path)), suffix=".png")
+    save_figure(fig, png_path)
+
+
+def save_figure(fig, png_path):
+    """Write fig to a temporary file beside png_path, then rename it there, and close it."""
+    fd, tmp = temporary_file(os.path.dirname(os.path.abspath(png_path)), suffix=".png")
     os.close(fd)
     fig.savefig(tmp)
     plt.close(fig)

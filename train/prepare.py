@@ -9,13 +9,13 @@ import json
 import multiprocessing
 import os
 import sys
-import tempfile
 
 import numpy as np
 from tqdm import tqdm
 
 from engine import comm
 from engine.errors import UserError
+from engine.params import temporary_file
 from train.cli import ArgumentParser, make_folder, parse_with_config, positive, run_main
 from train.data import data_dir_for, open_source, task_texts
 from train.tokenizer import get_tokenizer
@@ -71,13 +71,13 @@ def prepare(cfg, workers=None, quiet=False):
     try:
         with multiprocessing.get_context("spawn").Pool(workers, _init_worker, (tokenizer.name,)) as pool:
             for split in ("train", "val"):
-                fd, tmp = tempfile.mkstemp(dir=data_dir, prefix=f".{split}-", suffix=".bin")
+                fd, tmp = temporary_file(data_dir, prefix=f".{split}-", suffix=".bin")
                 written.append(tmp)
                 stats = write_split(pool, tasks[split], n_docs[split], fd, f"{split}.bin", quiet)
                 meta.update({f"{split}_{key}": value for key, value in stats.items()})
         for tmp, split in zip(written, ("train", "val")):
             os.replace(tmp, os.path.join(data_dir, f"{split}.bin"))
-        fd, tmp = tempfile.mkstemp(dir=data_dir, prefix=".meta-", suffix=".json")
+        fd, tmp = temporary_file(data_dir, prefix=".meta-", suffix=".json")
         written.append(tmp)
         with os.fdopen(fd, "w") as f:
             json.dump(meta, f, indent=2)

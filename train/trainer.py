@@ -57,7 +57,8 @@ def make_optimizers(cfg, model, shard=None, world=None):
     matrices = hidden_matrices(model) if cfg.optimizer == "muon" else ()
     optimizer = AdamW(model.store, cfg.beta1, cfg.beta2, cfg.adam_eps, cfg.weight_decay, shard, matrices,
                       adamw_lr_scales(cfg, model.store))
-    return optimizer, Muon(model.store, matrices, cfg.muon_momentum, world) if matrices else None
+    muon = Muon(model.store, matrices, cfg.muon_momentum, world, cfg.muon_lr / cfg.lr) if matrices else None
+    return optimizer, muon
 
 
 def micro_steps_per_step(cfg, world_size=1):
@@ -83,9 +84,9 @@ def first_nonfinite(store, shard):
     return None
 
 
-def train_step(model, optimizer, batches, lr, grad_clip, sync=None, muon=None, muon_lr=0.0):
-    """One optimizer step over a list of (inputs, targets) micro-batches: AdamW at lr, and Muon
-    at muon_lr for the matrices it holds, where given.
+def train_step(model, optimizer, batches, lr, grad_clip, sync=None, muon=None):
+    """One optimizer step over a list of (inputs, targets) micro-batches at the schedule's lr:
+    AdamW's, and Muon's for the matrices it holds, where given (each scales lr to its rates).
 
     With `sync` (a GradientAllreduce) the last micro-batch's backward starts each layer's
     allreduce as soon as its gradients are final; earlier micro-batches only accumulate.
@@ -113,7 +114,7 @@ def train_step(model, optimizer, batches, lr, grad_clip, sync=None, muon=None, m
         raise NonFiniteError(f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {norm} (loss {loss})")
     optimizer.step(lr)
     if muon is not None:
-        muon.step(muon_lr)
+        muon.step(lr)
     if sync is not None:
         sync.gather_parameters()
     return loss, norm
@@ -293,8 +294,7 @@ def run_steps(run, stop, bar, log_lines):
                    for m in range(run.micro_steps)]
         lr = learning_rate(step, cfg)
         try:
-            loss, norm = train_step(model, run.optimizer, batches, lr, cfg.grad_clip, sync, run.muon,
-                                    cfg.muon_lr * lr / cfg.lr)  # Muon's rate on lr's schedule
+            loss, norm = train_step(model, run.optimizer, batches, lr, cfg.grad_clip, sync, run.muon)
         except NonFiniteError as e:
             return 1, (f"nano2_train: step {step + 1}: non-finite {e}; stopped, the last good checkpoint is "
                        f"{run.last_good or '(none yet)'}")
