@@ -110,9 +110,9 @@ def label(r):
 
 
 def draw(rows, tcp, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # train.plot chose the Agg backend
+
+    from train.plot import save_figure
     panels = 2 if tcp else 1
     fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), dpi=100, squeeze=False)
     ax = axes[0][0]
@@ -135,7 +135,7 @@ def draw(rows, tcp, path):
         ax.set_title("the link, and what the gradient allreduce got of it", fontsize=10)
         ax.set_ylim(0, max(bars.values()) * 1.25)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
 
 
 def main():

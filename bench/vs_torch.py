@@ -261,9 +261,9 @@ def two_at_once(side, threads, tiny_path, model_path, args):
 
 
 def draw(rows, path, title):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # train.plot chose the Agg backend
+
+    from train.plot import save_figure
     fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
     labels = list(rows)
     ratios = [rows[label] for label in labels]
@@ -276,7 +276,7 @@ def draw(rows, path, title):
     ax.set_ylim(0, max(ratios + [1.0]) * 1.2)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
 
 
 def blas_description():
